@@ -1,0 +1,59 @@
+# etl: compressed NDJSON archives and live feeds -> typed Parquet -> warehouse.
+# `make` lists the targets; `make ingest` and `make test` are all a newcomer needs.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+ETL    := $(BIN)/etl
+SHARDS ?= data/sample/*
+SCHEMA ?= etl/schemas/reddit_comments.toml
+OUT    ?= data/processed
+DB     ?= duckdb:///data/warehouse.duckdb
+
+.DEFAULT_GOAL := help
+.PHONY: help setup ingest test test-quick bench lint sample clean
+
+## Show this help
+help:
+	@awk '/^## /{doc=substr($$0,4); next} /^[a-zA-Z_-]+:/{if(doc){split($$1,t,":"); printf "  \033[36m%-12s\033[0m %s\n", t[1], doc}; doc=""}' $(MAKEFILE_LIST)
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+## Create .venv with etl installed editable plus the dev extras
+setup: $(VENV)/.installed
+
+## Ingest the bundled sample shards (or SHARDS='...') into $(OUT)
+ingest: setup
+	$(ETL) ingest $(SHARDS) --schema $(SCHEMA) --out $(OUT) --report $(OUT)/_report.json
+
+## Run the whole test suite (slow end-to-end tests included)
+test: setup
+	$(BIN)/pytest -q
+
+## Run only the quick tests
+test-quick: setup
+	$(BIN)/pytest -q -m "not slow"
+
+## Benchmarks; results in bench/RESULTS.md
+bench: setup
+	$(BIN)/python bench/run.py
+
+## Lint with ruff
+lint: setup
+	$(BIN)/ruff check etl tests
+
+## Regenerate the committed sample shards in data/sample/
+sample: setup
+	$(ETL) sample --out data/sample --lines 1500 --shards 1 --codec zst --bad-rate 0.01 --seed 1 --name RC_2015-01
+	$(ETL) sample --out data/sample --lines 1500 --shards 1 --codec xz  --bad-rate 0.01 --seed 2 --name RC_2015-02
+	$(ETL) sample --out data/sample --lines 1500 --shards 1 --codec gz  --bad-rate 0.01 --seed 3 --name RC_2015-03
+	$(ETL) sample --out data/sample --lines 1500 --shards 1 --codec bz2 --bad-rate 0.01 --seed 4 --name RC_2015-04
+	$(ETL) sample --out data/sample --lines 1500 --shards 1 --codec none --bad-rate 0.01 --seed 5 --name RC_2015-05
+
+## Remove the venv and generated data (keeps data/sample/)
+clean:
+	rm -rf $(VENV) $(OUT) data/warehouse.duckdb .pytest_cache

@@ -1,0 +1,118 @@
+"""The ``etl`` command: the only reader of argv and the environment.
+
+Exit codes: 0 every shard ok or skipped; 2 usage or config error; 3 some shard failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from etl.errors import ConfigError, EtlError
+
+EXIT_OK, EXIT_USAGE, EXIT_FAILED = 0, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="etl", description="Compressed NDJSON shards -> typed, "
+                                "partitioned Parquet (and a warehouse).")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ing = sub.add_parser("ingest", help="shards -> typed, partitioned Parquet",
+                         description="Read shards (files, globs, directories, fsspec URLs, - for "
+                         "stdin), parse, clean, filter and type them by a schema, write Parquet.")
+    ing.add_argument("inputs", nargs="+", metavar="INPUT")
+    ing.add_argument("--schema", required=True, help="schema TOML file (see README)")
+    ing.add_argument("--out", required=True, help="output folder")
+    ing.add_argument("--report", help="write the run report as JSON to this file")
+    ing.add_argument("--scheduler", default=os.environ.get("ETL_SCHEDULER"),
+                     help="synchronous|threads|processes|tcp://HOST:PORT "
+                          "(default: $ETL_SCHEDULER, else processes on 2+ cores)")
+    ing.add_argument("--batch-mb", type=float, default=8.0,
+                     help="uncompressed MB per line batch (bounds memory per worker; default 8)")
+    ing.add_argument("--force", action="store_true", help="redo shards already finished")
+    ing.add_argument("--stdin-name", default="stdin",
+                     help="identity of '-' (output file names derive from it; default stdin)")
+    ing.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+
+    smp = sub.add_parser("sample", help="generate Pushshift-like sample shards",
+                         description="Generate realistic Reddit comment shards with the real "
+                         "dumps' quirks and a share of bad lines.")
+    smp.add_argument("--out", required=True)
+    smp.add_argument("--lines", type=int, required=True, help="total lines over all shards")
+    smp.add_argument("--shards", type=int, default=1)
+    smp.add_argument("--codec", default="zst", choices=["zst", "gz", "xz", "bz2", "none"])
+    smp.add_argument("--bad-rate", type=float, default=0.0)
+    smp.add_argument("--seed", type=int, default=0)
+    smp.add_argument("--name", default="RC_2015-01", help="file name stem (default RC_2015-01)")
+    smp.add_argument("--start", default="2015-01-01", help="first day of created_utc (UTC)")
+    smp.add_argument("--days", type=int, default=31)
+    smp.add_argument("--zstd-long", action="store_true",
+                     help="2 GiB zstd window, like Pushshift's `zstd --long=31` dumps")
+    smp.add_argument("--level", type=int, help="compression level")
+    return p
+
+
+def _ingest(args) -> int:
+    from etl.config import IngestConfig, default_scheduler
+    from etl.pipeline import run_ingest
+    from etl.report import exit_code, format_summary
+    from etl.schema import load_schema
+
+    cfg = IngestConfig(schema=load_schema(args.schema), out=args.out,
+                       scheduler=args.scheduler or default_scheduler(),
+                       batch_bytes=int(args.batch_mb * (1 << 20)), force=args.force,
+                       stdin_name=args.stdin_name,
+                       progress=not args.quiet and sys.stderr.isatty())
+    report = run_ingest(args.inputs, cfg)
+    if args.report:
+        _write_json(args.report, report)
+    if not args.quiet:
+        print(format_summary(report), file=sys.stderr)
+    return exit_code(report)
+
+
+def _sample(args) -> int:
+    from etl.sample import generate
+
+    paths = generate(args.out, lines=args.lines, shards=args.shards, codec=args.codec,
+                     bad_rate=args.bad_rate, seed=args.seed, name=args.name, start=args.start,
+                     days=args.days, zstd_long=args.zstd_long, level=args.level)
+    for p in paths:
+        print(p)
+    return EXIT_OK
+
+
+def _write_json(path: str, obj) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+COMMANDS = {"ingest": _ingest, "sample": _sample}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``etl`` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"etl {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except EtlError as exc:
+        print(f"etl {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"etl {args.command}: interrupted; finished shards are kept, rerun to go on",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""One frozen, typed settings object per run, built by cli.py or the Python API."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from etl.schema import Schema
+from etl.shards import BATCH_BYTES
+
+SCHEDULERS = ("synchronous", "threads", "processes")
+
+
+def default_scheduler() -> str:
+    """Processes on 2+ cores (parsing holds the GIL), else synchronous."""
+    return "processes" if (os.cpu_count() or 1) >= 2 else "synchronous"
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Everything one ingest run needs; picklable, so Dask workers get a copy.
+
+    Attributes
+    ----------
+    schema : the validated dataset schema.
+    out : output folder (Parquet, ``_rejects/``, ``_manifest/``).
+    scheduler : ``synchronous``, ``threads``, ``processes`` or ``tcp://HOST:PORT``.
+    batch_bytes : uncompressed bytes per line batch (bounds memory per worker).
+    force : redo shards the manifest says are finished and unchanged.
+    stdin_name : the identity of ``-`` (output names derive from it).
+    progress : draw a progress bar on standard error.
+    """
+
+    schema: Schema
+    out: str
+    scheduler: str
+    batch_bytes: int = BATCH_BYTES
+    force: bool = False
+    stdin_name: str = "stdin"
+    progress: bool = True
+
+    def __post_init__(self):
+        from etl.errors import ConfigError
+
+        s = self.scheduler
+        if s not in SCHEDULERS and not s.startswith(("tcp://", "tls://", "ws://", "inproc://")):
+            raise ConfigError(f"unknown scheduler {s!r}: use one of {', '.join(SCHEDULERS)} "
+                              "or a distributed address like tcp://HOST:8786")
+        if self.batch_bytes < 1024:
+            raise ConfigError(f"batch size {self.batch_bytes} bytes is too small (min 1024)")

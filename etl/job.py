@@ -1,0 +1,135 @@
+"""One shard end to end: skip check, stream batches, parse, write, commit, manifest.
+
+``process_shard`` is what each Dask task runs; it returns a small picklable
+record for the report and never raises for a bad shard: a shard that cannot be
+read to its end is reported ``failed`` and publishes nothing (its rows read
+before the damage are dropped, so a shard is all or nothing; rerun it once it
+is repaired).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from collections import Counter
+
+from etl import parquet
+from etl.config import IngestConfig
+from etl.errors import EtlError, ShardError
+from etl.parse import BatchResult, Parser
+from etl.shards import Shard, fingerprint, iter_chunks, iter_line_batches, open_shard
+
+PROGRESS_DIR = "_progress"
+PROGRESS_EVERY = 0.5  # seconds between progress file updates of one shard
+COUNTS = ("lines", "rows_written", "rows_filtered", "rows_rejected", "blank_lines")
+
+
+def empty_record(shard: Shard, status: str, error: str | None = None) -> dict:
+    return {"path": shard.path, "shard_id": shard.id, "status": status, "error": error,
+            "size": shard.size, "mtime": shard.mtime, **{k: 0 for k in COUNTS},
+            "rejects_by_reason": {}, "bytes_in": 0, "bytes_decompressed": 0, "seconds": 0.0}
+
+
+def process_shard(shard: Shard, cfg: IngestConfig) -> dict:
+    """Ingest one shard into ``cfg.out``; return its report record (status ok|skipped|failed)."""
+    start = time.monotonic()
+    try:
+        fp = fingerprint(shard)
+    except EtlError as exc:
+        return empty_record(shard, "failed", str(exc))
+    prev = parquet.read_manifest(cfg.out, shard.id)
+    if _unchanged(prev, shard, fp) and not cfg.force:
+        rec = empty_record(shard, "skipped")
+        rec["previous"] = {k: prev[k] for k in COUNTS}
+        return rec
+    parquet.forget_manifest(cfg.out, shard.id)
+    rec = _run(shard, cfg, start)
+    rec["fingerprint"] = fp
+    if rec["status"] == "ok":
+        parquet.write_manifest(cfg.out, shard.id, rec)
+    else:
+        parquet.remove_shard_files(cfg.out, shard.id, keep=set())
+    return rec
+
+
+def _unchanged(prev: dict | None, shard: Shard, fp: str | None) -> bool:
+    return bool(prev and prev.get("status") == "ok" and fp is not None
+                and prev.get("size") == shard.size and prev.get("fingerprint") == fp)
+
+
+def _run(shard: Shard, cfg: IngestConfig, start: float) -> dict:
+    parser = Parser(cfg.schema)
+    writer = parquet.ShardWriter(cfg.out, shard.id, parser.arrow_schema, cfg.schema.partition_by,
+                                 cfg.schema.partition_column)
+    rejects = parquet.RejectWriter(cfg.out, shard.id, shard.path)
+    rec = empty_record(shard, "ok")
+    reasons: Counter = Counter()
+    counter = [0]
+    progress = _Progress(cfg.out, shard.id, cfg.progress)
+    try:
+        with open_shard(shard) as fh:
+            for batch in iter_line_batches(iter_chunks(fh, shard.path, counter), cfg.batch_bytes):
+                res = parser.parse_batch(batch)
+                writer.write(res.table)
+                rejects.write(res.rejects)
+                _add(rec, res, batch)
+                reasons.update(res.rejects_by_reason)
+                progress.update(counter[0], rec["lines"])
+        rec["files"] = writer.commit()
+        rec["rejects_file"] = rejects.commit()
+    except Exception as exc:  # any failure fails this shard only, and publishes nothing
+        writer.abort()
+        rejects.abort()
+        return _failed(shard, rec, exc, start)
+    finally:
+        progress.close(counter[0], rec["lines"])
+    rec.update(bytes_in=counter[0], rejects_by_reason=dict(reasons),
+               seconds=round(time.monotonic() - start, 3))
+    return rec
+
+
+def _add(rec: dict, res: BatchResult, batch) -> None:
+    rec["lines"] += res.lines
+    rec["rows_written"] += res.rows_written
+    rec["rows_filtered"] += res.rows_filtered
+    rec["rows_rejected"] += len(res.rejects)
+    rec["blank_lines"] += res.blank_lines
+    rec["bytes_decompressed"] += sum(map(len, batch.lines)) + len(batch.lines)
+
+
+def _failed(shard: Shard, rec: dict, exc: Exception, start: float) -> dict:
+    read = rec["lines"]
+    if isinstance(exc, ShardError):
+        msg = f"{exc}; reading stopped after line {read}"
+    else:  # not a known shard problem: keep the traceback's last frame for the bug report
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        msg = (f"{shard.path}: {type(exc).__name__}: {exc} (at {os.path.basename(where.filename)}"
+               f":{where.lineno}); reading stopped after line {read}")
+    out = empty_record(shard, "failed", msg)
+    out.update(lines_read=read, seconds=round(time.monotonic() - start, 3))
+    return out
+
+
+class _Progress:
+    """Writes ``_progress/<shard id>.json`` now and then, for the main process to draw."""
+
+    def __init__(self, out: str, shard_id: str, enabled: bool):
+        self.path = os.path.join(out, PROGRESS_DIR, f"{shard_id}.json") if enabled else None
+        self.last = 0.0
+
+    def update(self, bytes_in: int, lines: int, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.path is None or (now - self.last < PROGRESS_EVERY and not force):
+            return
+        self.last = now
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump({"bytes_in": bytes_in, "lines": lines}, fh)
+        os.replace(tmp, self.path)
+
+    def close(self, bytes_in: int, lines: int) -> None:
+        """Leave the final count; the run removes the folder when it ends."""
+        self.update(bytes_in, lines, force=True)

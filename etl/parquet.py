@@ -1,0 +1,219 @@
+"""Typed batches -> Hive-partitioned Parquet, rejects, and the manifest; all writes atomic.
+
+Layout under the output folder::
+
+    <partition_by>_date=YYYY-MM-DD/<shard id>-<seq>.parquet   rows (zstd)
+    _rejects/<shard id>.parquet                               rejected lines, byte for byte
+    _manifest/<shard id>.json                                 one record per finished shard
+
+A shard's files are written under temporary ``.*.tmp`` names and renamed only
+when the whole shard has been read. Names derive from the shard's identity, so
+a rerun first removes that shard's earlier files: it replaces, never duplicates.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from etl.parse import RejectedLine
+
+ROW_GROUP_ROWS = 128 * 1024     # rows per Parquet row group
+BUFFER_ROWS = 256 * 1024        # rows buffered over all dates before the largest is flushed
+MAX_OPEN_FILES = 64             # open Parquet writers per shard; the least recent closes first
+NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
+REJECTS_DIR, MANIFEST_DIR = "_rejects", "_manifest"
+REJECT_SCHEMA = pa.schema([
+    ("shard", pa.string()), ("line_no", pa.int64()), ("offset", pa.int64()),
+    ("reason", pa.string()), ("error", pa.string()), ("line", pa.binary()),
+])
+
+
+def _tmp(path: str) -> str:
+    head, tail = os.path.split(path)
+    return os.path.join(head, f".{tail}.tmp")
+
+
+@dataclass
+class _DateFile:
+    final: str
+    writer: pq.ParquetWriter
+    rows: int = 0
+
+
+class ShardWriter:
+    """Streams one shard's typed tables into per-date Parquet files; commit() publishes."""
+
+    def __init__(self, out: str, shard_id: str, schema: pa.Schema, partition_by: str | None,
+                 partition_column: str | None):
+        self.out, self.shard_id, self.schema = out, shard_id, schema
+        self.partition_by, self.partition_column = partition_by, partition_column
+        self._buffers: dict[str, list[pa.Table]] = {}
+        self._buffered = 0
+        self._open: dict[str, _DateFile] = {}
+        self._done: list[tuple[str, int]] = []
+        self._seq = 0
+
+    def write(self, table: pa.Table) -> None:
+        """Buffer ``table``'s rows under their dates; flush when the buffer is full."""
+        if table.num_rows == 0:
+            return
+        for date, part in self._split(table):
+            self._buffers.setdefault(date, []).append(part)
+            self._buffered += part.num_rows
+        while self._buffered > BUFFER_ROWS:
+            largest = max(self._buffers, key=lambda d: sum(t.num_rows for t in self._buffers[d]))
+            self._flush(largest)
+
+    def _split(self, table: pa.Table):
+        if not self.partition_by:
+            yield "", table
+            return
+        dates = pc.cast(table[self.partition_by], pa.date32())
+        for d in pc.unique(dates).to_pylist():
+            mask = pc.is_null(dates) if d is None else pc.equal(dates, pa.scalar(d, pa.date32()))
+            yield (NULL_PARTITION if d is None else d.isoformat()), table.filter(mask)
+
+    def _flush(self, date: str) -> None:
+        tables = self._buffers.pop(date)
+        table = pa.concat_tables(tables)
+        self._buffered -= table.num_rows
+        f = self._open.pop(date, None) or self._new_file(date)
+        f.writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        f.rows += table.num_rows
+        self._open[date] = f  # re-insert: most recently used last
+        if len(self._open) > MAX_OPEN_FILES:
+            self._close(next(iter(self._open)))
+
+    def _new_file(self, date: str) -> _DateFile:
+        folder = os.path.join(self.out, f"{self.partition_column}={date}") if date else self.out
+        os.makedirs(folder, exist_ok=True)
+        final = os.path.join(folder, f"{self.shard_id}-{self._seq:06d}.parquet")
+        self._seq += 1
+        writer = pq.ParquetWriter(_tmp(final), self.schema, compression="zstd")
+        return _DateFile(final, writer)
+
+    def _close(self, date: str) -> None:
+        f = self._open.pop(date)
+        f.writer.close()
+        self._done.append((f.final, f.rows))
+
+    def commit(self) -> list[dict]:
+        """Flush everything, remove this shard's earlier files, rename the new ones in."""
+        for date in list(self._buffers):
+            self._flush(date)
+        for date in list(self._open):
+            self._close(date)
+        remove_shard_files(self.out, self.shard_id, keep=set())
+        for final, _ in self._done:
+            os.replace(_tmp(final), final)
+        return [{"path": os.path.relpath(p, self.out), "rows": n} for p, n in self._done]
+
+    def abort(self) -> None:
+        """Close and delete everything written so far; nothing is published."""
+        for f in self._open.values():
+            f.writer.close()
+            self._done.append((f.final, f.rows))
+        self._open.clear()
+        for final, _ in self._done:
+            if os.path.exists(_tmp(final)):
+                os.remove(_tmp(final))
+
+
+def remove_shard_files(out: str, shard_id: str, keep: set) -> None:
+    """Delete a shard's published Parquet files (from an earlier run)."""
+    name = f"{glob.escape(shard_id)}-[0-9][0-9][0-9][0-9][0-9][0-9].parquet"
+    for p in glob.glob(os.path.join(glob.escape(out), "*", name)) \
+            + glob.glob(os.path.join(glob.escape(out), name)):
+        if p not in keep:
+            os.remove(p)
+
+
+class RejectWriter:
+    """Streams rejected lines of one shard into ``_rejects/<shard id>.parquet``."""
+
+    def __init__(self, out: str, shard_id: str, shard_path: str):
+        self.final = os.path.join(out, REJECTS_DIR, f"{shard_id}.parquet")
+        self.shard_path = shard_path
+        self._writer: pq.ParquetWriter | None = None
+        self.count = 0
+
+    def write(self, rejects: list[RejectedLine]) -> None:
+        if not rejects:
+            return
+        if self._writer is None:
+            os.makedirs(os.path.dirname(self.final), exist_ok=True)
+            self._writer = pq.ParquetWriter(_tmp(self.final), REJECT_SCHEMA, compression="zstd")
+        cols = {
+            "shard": [self.shard_path] * len(rejects),
+            "line_no": [r.line_no for r in rejects], "offset": [r.offset for r in rejects],
+            "reason": [r.reason for r in rejects], "error": [r.error for r in rejects],
+            "line": [r.raw for r in rejects],
+        }
+        self._writer.write_table(pa.table(cols, schema=REJECT_SCHEMA))
+        self.count += len(rejects)
+
+    def commit(self) -> str | None:
+        if self._writer is None:
+            if os.path.exists(self.final):
+                os.remove(self.final)
+            return None
+        self._writer.close()
+        os.replace(_tmp(self.final), self.final)
+        return os.path.relpath(self.final, os.path.dirname(os.path.dirname(self.final)))
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            os.remove(_tmp(self.final))
+
+
+# ---------------------------------------------------------------- manifest
+
+def manifest_path(out: str, shard_id: str) -> str:
+    return os.path.join(out, MANIFEST_DIR, f"{shard_id}.json")
+
+
+def read_manifest(out: str, shard_id: str) -> dict | None:
+    """The record of a shard's last finished run, or None."""
+    try:
+        with open(manifest_path(out, shard_id), "rb") as fh:
+            return json.load(fh)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def read_all_manifests(out: str) -> list[dict]:
+    """Every shard record in the output folder."""
+    records = []
+    for p in sorted(glob.glob(os.path.join(glob.escape(out), MANIFEST_DIR, "*.json"))):
+        with open(p, "rb") as fh:
+            records.append(json.load(fh))
+    return records
+
+
+def write_manifest(out: str, shard_id: str, record: dict) -> None:
+    """Atomically write a shard's record (temporary file, fsync, rename)."""
+    path = manifest_path(out, shard_id)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    record = dict(record, written_at=time.time())
+    with open(_tmp(path), "w") as fh:
+        json.dump(record, fh, indent=1, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(_tmp(path), path)
+
+
+def forget_manifest(out: str, shard_id: str) -> None:
+    """Drop a shard's record before its files change, so a crash means 'redo'."""
+    try:
+        os.remove(manifest_path(out, shard_id))
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,76 @@
+"""Builds the Dask graph from the stages; no logic of its own.
+
+Each shard is one partition of a lazy ``dask.bag``. ``ingest`` maps
+``job.process_shard`` over it (each task streams its shard straight to Parquet
+and returns a small record); ``batches`` exposes the typed Arrow tables
+themselves for notebooks and custom jobs. Standard input is read in this
+process (a worker process cannot see it), beside the Dask computation.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import dask
+import dask.bag as db
+
+from etl.config import IngestConfig
+from etl.job import process_shard
+from etl.parse import Parser
+from etl.report import ProgressBar, build_report
+from etl.schema import Schema
+from etl.shards import Shard, find_shards, iter_chunks, iter_line_batches, open_shard
+
+
+def shard_bag(shards: list[Shard]) -> db.Bag:
+    """One partition per shard, biggest first so the long ones start early."""
+    ordered = sorted(shards, key=lambda s: -(s.size or 0))
+    return db.from_sequence(ordered, npartitions=max(len(ordered), 1))
+
+
+def _tables(shards, schema: Schema, batch_bytes: int):
+    parser = Parser(schema)
+    for shard in shards:
+        with open_shard(shard) as fh:
+            for batch in iter_line_batches(iter_chunks(fh, shard.path), batch_bytes):
+                yield parser.parse_batch(batch).table
+
+
+def batches(inputs: list[str], schema: Schema, batch_bytes: int = 8 << 20) -> db.Bag:
+    """A lazy bag of typed ``pyarrow.Table`` batches (rejects dropped), one partition per shard.
+
+    Computing it gathers every table: use it with ``map``/``reduction``-style
+    steps that return small results, e.g. ``batches(...).map(len).sum()``.
+    """
+    shards = [s for s in find_shards(inputs) if not s.is_stdin]
+    return shard_bag(shards).map_partitions(_tables, schema, batch_bytes)
+
+
+def _compute(bag: db.Bag, scheduler: str) -> list[dict]:
+    if "://" not in scheduler:
+        kwargs = {"num_workers": os.cpu_count()} if scheduler == "processes" else {}
+        with dask.config.set({"multiprocessing.context": "spawn"}):
+            return bag.compute(scheduler=scheduler, **kwargs)
+    from distributed import Client
+
+    with Client(scheduler) as client:
+        return client.compute(bag).result()
+
+
+def run_ingest(inputs: list[str], cfg: IngestConfig) -> dict:
+    """Find the shards, ingest each once, and return the run report (see README)."""
+    start = time.monotonic()
+    shards = find_shards(inputs, cfg.stdin_name)
+    files = [s for s in shards if not s.is_stdin]
+    stdin = [s for s in shards if s.is_stdin]
+    os.makedirs(cfg.out, exist_ok=True)
+    total = sum(s.size or 0 for s in files)
+    with ProgressBar(cfg.out, total, cfg.progress), ThreadPoolExecutor(1) as pool:
+        from_stdin = [pool.submit(process_shard, s, cfg) for s in stdin]
+        records = _compute(shard_bag(files).map(process_shard, cfg), cfg.scheduler) if files else []
+        records += [f.result() for f in from_stdin]
+    order = {s.path: i for i, s in enumerate(shards)}
+    records.sort(key=lambda r: order[r["path"]])
+    return build_report(records, time.monotonic() - start)
