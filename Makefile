@@ -46,13 +46,14 @@ bench: setup
 lint: setup
 	$(BIN)/ruff check etl tests
 
-## Regenerate the committed sample shards in data/sample/
+## Regenerate the committed sample shards in data/sample/ (one month per codec)
 sample: setup
-	$(ETL) sample --out data/sample --lines 1500 --shards 1 --codec zst --bad-rate 0.01 --seed 1 --name RC_2015-01
-	$(ETL) sample --out data/sample --lines 1500 --shards 1 --codec xz  --bad-rate 0.01 --seed 2 --name RC_2015-02
-	$(ETL) sample --out data/sample --lines 1500 --shards 1 --codec gz  --bad-rate 0.01 --seed 3 --name RC_2015-03
-	$(ETL) sample --out data/sample --lines 1500 --shards 1 --codec bz2 --bad-rate 0.01 --seed 4 --name RC_2015-04
-	$(ETL) sample --out data/sample --lines 1500 --shards 1 --codec none --bad-rate 0.01 --seed 5 --name RC_2015-05
+	rm -f data/sample/RC_*
+	$(ETL) sample --out data/sample --lines 1000 --codec zst  --bad-rate 0.01 --seed 1 --name RC_2015-01 --start 2015-01-01 --days 31
+	$(ETL) sample --out data/sample --lines 1000 --codec xz   --bad-rate 0.01 --seed 2 --name RC_2015-02 --start 2015-02-01 --days 28
+	$(ETL) sample --out data/sample --lines 1000 --codec gz   --bad-rate 0.01 --seed 3 --name RC_2015-03 --start 2015-03-01 --days 31
+	$(ETL) sample --out data/sample --lines 1000 --codec bz2  --bad-rate 0.01 --seed 4 --name RC_2015-04 --start 2015-04-01 --days 30
+	$(ETL) sample --out data/sample --lines 300  --codec none --bad-rate 0.01 --seed 5 --name RC_2015-05 --start 2015-05-01 --days 31
 
 ## Remove the venv and generated data (keeps data/sample/)
 clean:

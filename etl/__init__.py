@@ -71,6 +71,13 @@ def open_dataset(out):
 
     The Hive partition column (``<partition_by>_date``) comes back as a column.
     """
+    import glob
+    import os
+
     import dask.dataframe as dd
 
-    return dd.read_parquet(str(out), dataset={"partitioning": "hive"})
+    out = str(out)
+    pattern = os.path.join(out, "*=*", "*.parquet")  # never _rejects/ nor _manifest/
+    if not glob.glob(pattern):
+        pattern = os.path.join(out, "*.parquet")
+    return dd.read_parquet(pattern)

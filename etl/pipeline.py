@@ -17,6 +17,7 @@ import dask
 import dask.bag as db
 
 from etl.config import IngestConfig
+from etl.errors import ConfigError
 from etl.job import process_shard
 from etl.parse import Parser
 from etl.report import ProgressBar, build_report
@@ -59,10 +60,19 @@ def _compute(bag: db.Bag, scheduler: str) -> list[dict]:
         return client.compute(bag).result()
 
 
+def _outside(shards: list[Shard], out: str) -> list[Shard]:
+    """Never read our own output back as input (``etl ingest data/ --out data/processed``)."""
+    root = os.path.join(os.path.abspath(out), "")
+    kept = [s for s in shards if not os.path.abspath(s.path).startswith(root)]
+    if shards and not kept:
+        raise ConfigError(f"every input lies inside the output folder {out}")
+    return kept
+
+
 def run_ingest(inputs: list[str], cfg: IngestConfig) -> dict:
     """Find the shards, ingest each once, and return the run report (see README)."""
     start = time.monotonic()
-    shards = find_shards(inputs, cfg.stdin_name)
+    shards = _outside(find_shards(inputs, cfg.stdin_name), cfg.out)
     files = [s for s in shards if not s.is_stdin]
     stdin = [s for s in shards if s.is_stdin]
     os.makedirs(cfg.out, exist_ok=True)

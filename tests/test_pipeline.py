@@ -1,0 +1,266 @@
+"""End to end: the `etl ingest` CLI and the Python API on real compressed shards."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import orjson
+import pyarrow.parquet as pq
+import pytest
+
+import etl
+from etl.sample import iter_lines
+from tests.conftest import DATA, ROOT, SCHEMAS, compress, require_tool
+
+ETL = [sys.executable, "-m", "etl.cli"]
+COMMENTS = str(SCHEMAS / "reddit_comments.toml")
+CODECS = {"zst": ["zstd", "-q", "-c"], "gz": ["gzip", "-c"], "xz": ["xz", "-c"],
+          "bz2": ["bzip2", "-c"], "none": None}
+REPORT_KEYS = {"lines", "rows_written", "rows_filtered", "rows_rejected", "blank_lines",
+               "rejects_by_reason", "bytes_in", "seconds", "shards"}
+
+
+def run_etl(*args, stdin=None, check=None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*ETL, *map(str, args)], input=stdin, capture_output=True, cwd=ROOT,
+                          timeout=300)
+    if check is not None:
+        assert proc.returncode == check, proc.stderr.decode()
+    return proc
+
+
+def sample_bytes(n: int, seed: int, bad_rate: float = 0.03) -> bytes:
+    return b"\n".join(iter_lines(n, seed=seed, bad_rate=bad_rate)) + b"\n"
+
+
+def write_shard(folder: Path, name: str, data: bytes, codec: str) -> Path:
+    path = folder / name
+    path.write_bytes(compress(CODECS[codec], data) if CODECS[codec] else data)
+    return path
+
+
+def warehouse_rows(out: Path) -> int:
+    return duckdb.sql(f"select count(*) from read_parquet('{out}/*=*/*.parquet', "
+                      "hive_partitioning=true)").fetchall()[0][0]
+
+
+def assert_accounting(report: dict) -> None:
+    assert REPORT_KEYS <= set(report)
+    assert report["lines"] == (report["rows_written"] + report["rows_filtered"]
+                               + report["rows_rejected"] + report["blank_lines"])
+    assert sum(report["rejects_by_reason"].values()) == report["rows_rejected"]
+    for shard in report["shards"]:
+        assert {"path", "status", "error", "lines", "rows_written", "rows_filtered",
+                "rows_rejected"} <= set(shard)
+
+
+@pytest.mark.parametrize("codec", list(CODECS))
+def test_cli_ingests_every_codec(tmp_path, codec):
+    data = sample_bytes(3000, seed=7)
+    shard = write_shard(tmp_path, f"RC_2015-01.{codec}", data, codec)
+    out, report_file = tmp_path / "out", tmp_path / "report.json"
+    run_etl("ingest", shard, "--schema", COMMENTS, "--out", out, "--report", report_file,
+            "--scheduler", "synchronous", check=0)
+    report = json.loads(report_file.read_text())
+    assert_accounting(report)
+    assert report["lines"] == 3000 and report["shards"][0]["status"] == "ok"
+    assert report["rows_rejected"] > 0 and report["blank_lines"] > 0
+    assert warehouse_rows(out) == report["rows_written"]
+    t = pq.read_table(next(out.glob("created_utc_date=*/*.parquet")))
+    assert str(t.schema.field("created_utc").type) == "timestamp[us, tz=UTC]"
+
+
+def test_rejects_are_kept_byte_for_byte(tmp_path):
+    data = sample_bytes(2000, seed=11, bad_rate=0.1).replace(b"\n", b"\r\n", 5)
+    shard = write_shard(tmp_path, "s.xz", data, "xz")
+    report = etl.ingest([shard], COMMENTS, tmp_path / "out", scheduler="synchronous")
+    rejects = pq.read_table(tmp_path / "out" / "_rejects").to_pylist()
+    assert len(rejects) == report["rows_rejected"] > 0
+    for r in rejects:
+        end = data.index(b"\n", r["offset"]) if b"\n" in data[r["offset"]:] else len(data)
+        original = data[r["offset"]:end].removesuffix(b"\r")
+        assert r["line"] == original
+        assert data[:r["offset"]].count(b"\n") + 1 == r["line_no"]
+        assert r["shard"] == str(shard) and r["reason"] and r["error"]
+    assert {r["reason"] for r in rejects} >= {"invalid_json", "invalid_utf8", "not_object",
+                                              "missing:id", "type:score"}
+
+
+def test_rerun_skips_finished_and_redoes_changed_shards(tmp_path):
+    a = write_shard(tmp_path, "a.zst", sample_bytes(1500, seed=1), "zst")
+    b = write_shard(tmp_path, "b.gz", sample_bytes(1500, seed=2), "gz")
+    out = tmp_path / "out"
+    first = etl.ingest([tmp_path], COMMENTS, out, scheduler="threads")
+    rows = warehouse_rows(out)
+    assert rows == first["rows_written"]
+    again = etl.ingest([tmp_path], COMMENTS, out, scheduler="threads")
+    assert [s["status"] for s in again["shards"]] == ["skipped", "skipped"]
+    assert again["lines"] == 0 and warehouse_rows(out) == rows
+    write_shard(tmp_path, "b.gz", sample_bytes(500, seed=3), "gz")  # the shard changes
+    third = etl.ingest([tmp_path], COMMENTS, out, scheduler="threads")
+    assert [s["status"] for s in third["shards"]] == ["skipped", "ok"]
+    assert warehouse_rows(out) == first["shards"][0]["rows_written"] + third["rows_written"]
+    forced = etl.ingest([a, b], COMMENTS, out, scheduler="synchronous", force=True)
+    assert [s["status"] for s in forced["shards"]] == ["ok", "ok"]
+    assert warehouse_rows(out) == forced["rows_written"]  # replaced, never duplicated
+
+
+def test_corrupt_shard_fails_alone_with_exit_3(tmp_path):
+    good = write_shard(tmp_path, "good.zst", sample_bytes(1000, seed=4), "zst")
+    whole = compress(CODECS["xz"], sample_bytes(20000, seed=5))
+    bad = tmp_path / "bad.xz"
+    bad.write_bytes(whole[: len(whole) // 2])  # truncated download
+    out, report_file = tmp_path / "out", tmp_path / "r.json"
+    proc = run_etl("ingest", good, bad, "--schema", COMMENTS, "--out", out,
+                   "--report", report_file, "--scheduler", "processes", check=3)
+    report = json.loads(report_file.read_text())
+    by_path = {Path(s["path"]).name: s for s in report["shards"]}
+    assert by_path["good.zst"]["status"] == "ok"
+    failed = by_path["bad.xz"]
+    assert failed["status"] == "failed" and str(bad) in failed["error"]
+    assert "truncated" in failed["error"] and "reading stopped after line" in failed["error"]
+    assert "bad.xz" in proc.stderr.decode()
+    assert not list(out.glob("*/bad.xz-*.parquet"))  # a failed shard publishes nothing
+    assert warehouse_rows(out) == by_path["good.zst"]["rows_written"]
+
+
+def test_bad_schema_exits_2_naming_file_and_key(tmp_path):
+    schema = tmp_path / "bad.toml"
+    schema.write_text('[dataset]\nname = "t"\n[fields.id]\ntype = "strin"\n')
+    shard = write_shard(tmp_path, "a.ndjson", b'{"id": "x"}\n', "none")
+    proc = run_etl("ingest", shard, "--schema", schema, "--out", tmp_path / "o", check=2)
+    err = proc.stderr.decode()
+    assert str(schema) in err and "fields.id.type" in err and "strin" in err
+    proc = run_etl("ingest", tmp_path / "nothing*.zst", "--schema", COMMENTS,
+                   "--out", tmp_path / "o", check=2)
+    assert "no shards match" in proc.stderr.decode()
+
+
+def test_stdin_streams_from_a_pipe(tmp_path):
+    require_tool("xz")
+    data = sample_bytes(5000, seed=9)
+    shard = write_shard(tmp_path, "RC.xz", data, "xz")
+    xz = subprocess.Popen(["xz", "-dc", str(shard)], stdout=subprocess.PIPE)
+    proc = subprocess.run([*ETL, "ingest", "-", "--schema", COMMENTS, "--out", tmp_path / "o",
+                           "--stdin-name", "RC_2015-01", "--report", tmp_path / "r.json"],
+                          stdin=xz.stdout, capture_output=True, cwd=ROOT, timeout=300)
+    xz.wait()
+    assert proc.returncode == 0, proc.stderr.decode()
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["lines"] == 5000 and report["shards"][0]["path"] == "-"
+    assert list((tmp_path / "o").glob("*/RC_2015-01-*.parquet"))
+    assert warehouse_rows(tmp_path / "o") == report["rows_written"]
+
+
+def test_schedulers_give_identical_output(tmp_path):
+    (tmp_path / "in").mkdir()
+    for i, codec in enumerate(["zst", "gz", "bz2"]):
+        write_shard(tmp_path / "in", f"s{i}.{codec}", sample_bytes(800, seed=20 + i), codec)
+    results = {}
+    for sched in ["synchronous", "threads", "processes"]:
+        out = tmp_path / sched
+        report = etl.ingest([tmp_path / "in"], COMMENTS, out, scheduler=sched)
+        results[sched] = duckdb.sql(
+            f"select * from read_parquet('{out}/*=*/*.parquet', hive_partitioning=true) "
+            "order by id").fetchall(), {k: report[k] for k in ("lines", "rows_written")}
+    assert results["synchronous"] == results["threads"] == results["processes"]
+
+
+@pytest.mark.slow
+def test_distributed_scheduler_address(tmp_path):
+    from distributed import LocalCluster
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        write_shard(folder, f"s{i}.zst", sample_bytes(700, seed=30 + i), "zst")
+    local = etl.ingest([folder], COMMENTS, tmp_path / "local", scheduler="synchronous")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        proc = run_etl("ingest", folder, "--schema", COMMENTS, "--out", tmp_path / "dist",
+                       "--scheduler", cluster.scheduler_address, "--report", tmp_path / "r.json",
+                       check=0)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["rows_written"] == local["rows_written"], proc.stderr.decode()
+    q = "select * from read_parquet('{}/*=*/*.parquet', hive_partitioning=true) order by id"
+    assert duckdb.sql(q.format(tmp_path / "local")).fetchall() == \
+        duckdb.sql(q.format(tmp_path / "dist")).fetchall()
+
+
+def test_open_dataset_and_readers(tmp_path):
+    shard = write_shard(tmp_path, "a.zst", sample_bytes(2000, seed=12), "zst")
+    report = etl.ingest([shard], COMMENTS, tmp_path / "out", scheduler="synchronous")
+    df = etl.open_dataset(tmp_path / "out")
+    assert str(df["created_utc"].dtype).startswith("datetime64")
+    assert "created_utc_date" in df.columns and "_rejects" not in str(df.columns)
+    pdf = df.compute()
+    assert len(pdf) == report["rows_written"]
+    assert (pdf["created_utc"].dt.strftime("%Y-%m-%d") == pdf["created_utc_date"].astype(str)).all()
+    pandas_table = pq.read_table(tmp_path / "out", partitioning="hive").to_pandas()
+    assert len(pandas_table) == report["rows_written"]
+
+
+def test_fsspec_memory_urls(tmp_path):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    data = sample_bytes(1000, seed=13)
+    with fs.open("/etl-test/in/RC_2015-01.zst", "wb") as fh:
+        fh.write(compress(CODECS["zst"], data))
+    with fs.open("/etl-test/in/RC_2015-02.ndjson", "wb") as fh:
+        fh.write(data)
+    report = etl.ingest(["memory://etl-test/in/*"], COMMENTS, tmp_path / "out",
+                        scheduler="threads")
+    assert [s["status"] for s in report["shards"]] == ["ok", "ok"]
+    assert report["lines"] == 2000 and warehouse_rows(tmp_path / "out") == report["rows_written"]
+
+
+@pytest.mark.parametrize("kind", ["comments", "submissions"])
+def test_real_reddit_samples(tmp_path, kind):
+    src = DATA / "reddit" / f"test_{kind}.json"
+    report = etl.ingest([src], SCHEMAS / f"reddit_{kind}.toml", tmp_path / "out",
+                        scheduler="synchronous")
+    raw = [orjson.loads(x) for x in src.read_bytes().splitlines() if x.strip()]
+    assert report["rows_written"] == len(raw) and report["rows_rejected"] == 0
+    query = (f"select id, epoch(created_utc) as epoch, author "
+             f"from read_parquet('{tmp_path}/out/*=*/*.parquet')")
+    rows = {r[0]: {"epoch": r[1], "author": r[2]} for r in duckdb.sql(query).fetchall()}
+    for r in raw:
+        assert rows[r["id"]]["epoch"] == pytest.approx(float(r["created_utc"]))
+        if r["author"] == "[deleted]":
+            assert rows[r["id"]]["author"] is None
+
+
+def test_bundled_sample_data(tmp_path):
+    shards = sorted((ROOT / "data" / "sample").iterdir())
+    assert {p.suffix for p in shards} >= {".zst", ".xz", ".gz", ".bz2", ".ndjson"}
+    report = etl.ingest([str(p) for p in shards], COMMENTS, tmp_path / "out",
+                        scheduler="processes")
+    assert_accounting(report)
+    assert all(s["status"] == "ok" for s in report["shards"])
+    assert 0 < report["rows_rejected"] < report["lines"] * 0.05
+
+
+@pytest.mark.slow
+def test_stdin_memory_is_bounded(tmp_path):
+    """A 150 MB stream through stdin must not grow the process with its size."""
+    gen = [sys.executable, "-c",
+           "import sys; from etl.sample import iter_lines\n"
+           "for l in iter_lines(270000, seed=1): sys.stdout.buffer.write(l + b'\\n')"]
+    script = ("import resource, subprocess, sys\n"
+              f"g = subprocess.Popen({gen!r}, stdout=subprocess.PIPE)\n"
+              f"e = subprocess.run({[*ETL, 'ingest', '-', '--schema', COMMENTS, '--out', str(tmp_path / 'o'), '--batch-mb', '4', '-q']!r}, stdin=g.stdout)\n"
+              "g.wait()\n"
+              "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+              "sys.exit(e.returncode)")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, cwd=ROOT,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr.decode()
+    peak_mb = int(proc.stdout.split()[-1]) / 1024
+    assert peak_mb < 600, f"peak RSS {peak_mb:.0f} MB for a 150 MB stream"
+    shutil.rmtree(tmp_path / "o")
