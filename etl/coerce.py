@@ -46,7 +46,9 @@ def _int(v, lo: int, hi: int):
         n = v
     elif v is None:
         return None
-    elif t is float and v.is_integer():
+    elif t is float and v.is_integer() and v != INT64_MIN:
+        # orjson parses integer literals below INT64_MIN as floats that round to
+        # -2**63: refusing that float keeps them from passing as INT64_MIN
         n = int(v)
     elif t is str and INT_STRING.fullmatch(v):
         n = int(v)
@@ -167,7 +169,12 @@ def to_string_list(v):
 
 
 def to_json(v):
-    return None if v is None else orjson.dumps(v).decode()
+    if v is None:
+        return None
+    try:
+        return orjson.dumps(v).decode()
+    except orjson.JSONEncodeError:  # orjson reads 1024 levels deep but writes only 254
+        raise BadValue("value is nested too deeply to write as JSON text") from None
 
 
 def make_cleaner(strip: bool, null_if: frozenset, unescape: bool, lower: bool):
@@ -192,7 +199,10 @@ def make_cleaner(strip: bool, null_if: frozenset, unescape: bool, lower: bool):
 def _kind(v) -> str:
     if v is None:
         return "null"
-    text = orjson.dumps(v).decode() if not isinstance(v, str) else repr(v)
+    try:
+        text = orjson.dumps(v).decode() if not isinstance(v, str) else repr(v)
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes
+        text = "nested too deeply to show"
     name = {bool: "boolean", int: "integer", float: "number", str: "string",
             list: "array", dict: "object"}.get(type(v), type(v).__name__)
     return f"{name} {text[:40]}{'...' if len(text) > 40 else ''}"

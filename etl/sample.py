@@ -122,7 +122,8 @@ WORD_TEXT = (
     "news law state police car house food school sense question maybe agree"
 )
 WORDS = tuple(WORD_TEXT.split())  # common comment vocabulary; bodies draw from it
-NON_ASCII = ("café", "naïve", "über", "jalapeño", "Zürich", "—", "…", "😂", "👍", "🔥", "日本", "€5")
+NON_ASCII = ("café", "naïve", "über", "jalapeño", "Zürich", "—", "…",
+             "😂", "👍", "🔥", "日本", "€5")
 FLAIRS = ("Verified", "Moderator", "United States", "Arsenal", "Green Bay Packers",
           "Team Liquid", "PC Master Race", "Toronto Maple Leafs", "🇩🇪 Germany")
 AUTHOR_STEMS = ("throwaway", "dan", "pizza", "the_real", "captain", "mr", "lazy",

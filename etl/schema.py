@@ -112,6 +112,9 @@ def schema_from_dict(doc: dict, source: str = "<inline>") -> Schema:
     unknown = set(doc) - {"dataset", "fields", "filter"}
     if unknown:
         raise bad(sorted(unknown)[0], "unknown table; expected [dataset], [fields.*], [filter]")
+    for table in ("dataset", "fields", "filter"):
+        if not isinstance(doc.get(table, {}), dict):
+            raise bad(table, "must be a table")
     ds = doc.get("dataset", {})
     for k in set(ds) - DATASET_KEYS:
         raise bad(f"dataset.{k}", f"unknown key; expected one of {sorted(DATASET_KEYS)}")
@@ -122,7 +125,7 @@ def schema_from_dict(doc: dict, source: str = "<inline>") -> Schema:
     fields = tuple(_field(n, spec, bad) for n, spec in doc["fields"].items())
     names = {f.name: f for f in fields}
     for k in ("key", "version", "partition_by"):
-        if ds.get(k) is not None and ds[k] not in names:
+        if ds.get(k) is not None and (not isinstance(ds[k], str) or ds[k] not in names):
             raise bad(f"dataset.{k}", f"names {ds[k]!r}, which is not a field")
     if ds.get("partition_by") and names[ds["partition_by"]].type not in ("timestamp", "date"):
         raise bad("dataset.partition_by", "must name a timestamp or date field")
@@ -140,7 +143,7 @@ def _field(name: str, spec, bad) -> Field:
         raise bad(key, "must be a table")
     for k in set(spec) - FIELD_KEYS:
         raise bad(f"{key}.{k}", f"unknown key; expected one of {sorted(FIELD_KEYS)}")
-    if spec.get("type") not in ARROW_TYPES:
+    if not isinstance(spec.get("type"), str) or spec["type"] not in ARROW_TYPES:
         raise bad(f"{key}.type", f"is {spec.get('type')!r}; expected one of {list(ARROW_TYPES)}")
     path = spec.get("path", name)
     if not isinstance(path, str) or not all(path.split(".")):
@@ -154,7 +157,7 @@ def _field(name: str, spec, bad) -> Field:
     cleaning = null_if or any(spec.get(k) for k in ("strip", "lower", "html_unescape"))
     if cleaning and spec["type"] != "string":
         raise bad(key, "null_if, strip, lower and html_unescape apply to string fields only")
-    if spec.get("unit", "s") not in coerce.UNIT_US:
+    if not isinstance(spec.get("unit", "s"), str) or spec.get("unit", "s") not in coerce.UNIT_US:
         raise bad(f"{key}.unit", f"must be one of {list(coerce.UNIT_US)}")
     return Field(name, spec["type"], tuple(path.split(".")), spec.get("required", False),
                  frozenset(null_if), spec.get("strip", False), spec.get("lower", False),
@@ -185,6 +188,8 @@ def _filter_value(field: Field, op: str, value, key: str, bad):
             return re.compile(value)
         except (re.error, TypeError) as exc:
             raise bad(key, f"is not a valid regular expression: {exc}") from None
+    if field.type == "list<string>":
+        raise bad(key, "list<string> fields take only not_null and regex filters")
     many = op in ("in", "not_in", "between")
     if many and not isinstance(value, list):
         raise bad(key, "must be a list")
@@ -192,16 +197,24 @@ def _filter_value(field: Field, op: str, value, key: str, bad):
         raise bad(key, "must be a list of two bounds [low, high]")
     conv = _coercer_for_bounds(field)
     try:
-        return [conv(v) for v in value] if many else conv(value)
+        bounds = [conv(v) for v in value] if many else conv(value)
     except coerce.BadValue as exc:
         raise bad(key, f"value does not fit the field's type {field.type}: {exc}") from None
+    if None in (bounds if many else [bounds]):  # false is a null timestamp; use not_null
+        raise bad(key, "a bound cannot be null (false); use not_null = true")
+    return bounds
 
 
 def _coercer_for_bounds(field: Field):
+    """Bounds take the field's own type, so a row's value never meets an incomparable one."""
+    if field.type in ("string", "json"):
+        return coerce.to_string
+    if field.type == "bool":
+        return coerce.to_bool
     if field.type == "timestamp":
         return coerce.parse_instant
     if field.type == "date":
         return coerce.to_date
     if field.type in ("int64", "int32", "float64"):
         return coerce.to_float64 if field.type == "float64" else coerce.to_int64
-    return lambda v: v
+    raise AssertionError(f"no bound coercer for {field.type}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -252,9 +251,11 @@ def test_stdin_memory_is_bounded(tmp_path):
     gen = [sys.executable, "-c",
            "import sys; from etl.sample import iter_lines\n"
            "for l in iter_lines(270000, seed=1): sys.stdout.buffer.write(l + b'\\n')"]
+    cmd = [*ETL, "ingest", "-", "--schema", COMMENTS, "--out", str(tmp_path / "o"),
+           "--batch-mb", "4", "-q"]
     script = ("import resource, subprocess, sys\n"
               f"g = subprocess.Popen({gen!r}, stdout=subprocess.PIPE)\n"
-              f"e = subprocess.run({[*ETL, 'ingest', '-', '--schema', COMMENTS, '--out', str(tmp_path / 'o'), '--batch-mb', '4', '-q']!r}, stdin=g.stdout)\n"
+              f"e = subprocess.run({cmd!r}, stdin=g.stdout)\n"
               "g.wait()\n"
               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
               "sys.exit(e.returncode)")
