@@ -92,7 +92,7 @@ def _local_shards(pattern: str) -> list[Shard]:
         paths = [pattern]
     shards = []
     for p in paths:
-        if _skip(p) or (len(paths) > 1 and os.path.isdir(p)):
+        if _skip(p) or os.path.isdir(p):  # a directory a glob matched is never a shard
             continue
         st = os.stat(p) if os.path.exists(p) else None
         shards.append(Shard(os.path.abspath(p), st.st_size if st else None,
@@ -105,9 +105,12 @@ def _url_shards(url: str) -> list[Shard]:
 
     fs, path = fsspec.core.url_to_fs(url)
     if GLOB_CHARS.search(path):
-        paths = sorted(fs.glob(path))
+        paths = sorted(p for p, info in fs.glob(path, detail=True).items()
+                       if info.get("type") != "directory")
     elif fs.isdir(path):
-        paths = sorted(fs.find(path))
+        root = path.rstrip("/")  # as for local directories: skip hidden and _ directories
+        paths = sorted(p for p in fs.find(path)
+                       if not any(_skip(d) for d in p[len(root) + 1:].split("/")[:-1]))
     else:
         paths = [path]
     shards = []
@@ -167,7 +170,7 @@ def fingerprint(shard: Shard) -> str | None:
         head = _read_exact(fh, FINGERPRINT_SPAN)
         size = shard.size if shard.size is not None else len(head)
         h.update(str(size).encode() + b"\0" + head)
-        if size > 2 * FINGERPRINT_SPAN and fh.seekable():
+        if size > FINGERPRINT_SPAN and fh.seekable():
             fh.seek(size - FINGERPRINT_SPAN)
             h.update(_read_exact(fh, FINGERPRINT_SPAN))
     return h.hexdigest()
