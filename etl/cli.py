@@ -1,6 +1,7 @@
 """The ``etl`` command: the only reader of argv and the environment.
 
-Exit codes: 0 every shard ok or skipped; 2 usage or config error; 3 some shard failed.
+Exit codes: 0 every shard ok or skipped; 2 usage or config error, or the database is
+unreachable; 3 some shard failed; 4 the database refused a load (nothing of it committed).
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ import json
 import os
 import sys
 
-from etl.errors import ConfigError, EtlError
+from etl.errors import ConfigError, EtlError, LoadError, UnreachableError
 
-EXIT_OK, EXIT_USAGE, EXIT_FAILED = 0, 2, 3
+EXIT_OK, EXIT_USAGE, EXIT_FAILED, EXIT_LOAD = 0, 2, 3, 4
+DEFAULT_DB = "duckdb:///data/warehouse.duckdb"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,19 +25,28 @@ def _parser() -> argparse.ArgumentParser:
     ing = sub.add_parser("ingest", help="shards -> typed, partitioned Parquet",
                          description="Read shards (files, globs, directories, fsspec URLs, - for "
                          "stdin), parse, clean, filter and type them by a schema, write Parquet.")
-    ing.add_argument("inputs", nargs="+", metavar="INPUT")
-    ing.add_argument("--schema", required=True, help="schema TOML file (see README)")
-    ing.add_argument("--out", required=True, help="output folder")
-    ing.add_argument("--report", help="write the run report as JSON to this file")
-    ing.add_argument("--scheduler", default=os.environ.get("ETL_SCHEDULER"),
-                     help="synchronous|threads|processes|tcp://HOST:PORT "
-                          "(default: $ETL_SCHEDULER, else processes on 2+ cores)")
-    ing.add_argument("--batch-mb", type=float, default=8.0,
-                     help="uncompressed MB per line batch (bounds memory per worker; default 8)")
-    ing.add_argument("--force", action="store_true", help="redo shards already finished")
-    ing.add_argument("--stdin-name", default="stdin",
-                     help="identity of '-' (output file names derive from it; default stdin)")
-    ing.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+    _ingest_args(ing)
+
+    run = sub.add_parser("run", help="ingest, then load into the warehouse, with one report",
+                         description="etl ingest followed by etl load of the same folder.")
+    _ingest_args(run)
+    run.add_argument("--db", default=DEFAULT_DB, help=f"SQLAlchemy URL (default {DEFAULT_DB})")
+
+    load = sub.add_parser("load", help="load ingested Parquet into DuckDB or Postgres, once",
+                          description="Upsert every finished shard's Parquet not loaded yet.")
+    load.add_argument("--from", dest="source", required=True, metavar="DIR",
+                      help="the ingest output folder")
+    load.add_argument("--schema", required=True, help="schema TOML file")
+    load.add_argument("--db", default=DEFAULT_DB, help=f"SQLAlchemy URL (default {DEFAULT_DB})")
+    load.add_argument("--report", help="write the load report as JSON to this file")
+
+    st = sub.add_parser("status", help="shards done/failed/pending, files loaded/pending, rows",
+                        description="What has been ingested and loaded so far.")
+    st.add_argument("inputs", nargs="*", metavar="INPUT",
+                    help="shards to check for pending work (optional)")
+    st.add_argument("--out", required=True, help="the ingest output folder")
+    st.add_argument("--db", help="SQLAlchemy URL of the warehouse (optional)")
+    st.add_argument("--json", action="store_true", help="print JSON")
 
     smp = sub.add_parser("sample", help="generate Pushshift-like sample shards",
                          description="Generate realistic Reddit comment shards with the real "
@@ -55,6 +66,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _ingest_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("--schema", required=True, help="schema TOML file (see README)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--report", help="write the run report as JSON to this file")
+    p.add_argument("--scheduler", default=os.environ.get("ETL_SCHEDULER"),
+                   help="synchronous|threads|processes|tcp://HOST:PORT "
+                        "(default: $ETL_SCHEDULER, else processes on 2+ cores)")
+    p.add_argument("--batch-mb", type=float, default=8.0,
+                   help="uncompressed MB per line batch (bounds memory per worker; default 8)")
+    p.add_argument("--force", action="store_true", help="redo shards already finished")
+    p.add_argument("--stdin-name", default="stdin",
+                   help="identity of '-' (output file names derive from it; default stdin)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+
+
 def _ingest(args) -> int:
     from etl.config import IngestConfig, default_scheduler
     from etl.pipeline import run_ingest
@@ -67,11 +94,39 @@ def _ingest(args) -> int:
                        stdin_name=args.stdin_name,
                        progress=not args.quiet and sys.stderr.isatty())
     report = run_ingest(args.inputs, cfg)
+    code = exit_code(report)
+    if args.command == "run":
+        from etl.load import run_load
+
+        report["load"] = run_load(cfg.out, cfg.schema, args.db)
     if args.report:
         _write_json(args.report, report)
     if not args.quiet:
         print(format_summary(report), file=sys.stderr)
-    return exit_code(report)
+    return code
+
+
+def _load(args) -> int:
+    from etl.load import run_load
+    from etl.report import format_load
+    from etl.schema import load_schema
+
+    if not os.path.isdir(args.source):
+        raise ConfigError("no such ingest output folder", args.source)
+    report = run_load(args.source, load_schema(args.schema), args.db)
+    if args.report:
+        _write_json(args.report, report)
+    print(format_load(report), file=sys.stderr)
+    return EXIT_OK
+
+
+def _status(args) -> int:
+    from etl.load import status
+    from etl.report import format_status
+
+    result = status(args.out, args.db, args.inputs or None)
+    print(json.dumps(result, indent=2) if args.json else format_status(result))
+    return EXIT_OK
 
 
 def _sample(args) -> int:
@@ -94,7 +149,8 @@ def _write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
-COMMANDS = {"ingest": _ingest, "sample": _sample}
+COMMANDS = {"ingest": _ingest, "run": _ingest, "load": _load, "status": _status,
+            "sample": _sample}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"etl {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except UnreachableError as exc:
+        print(f"etl {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except LoadError as exc:
+        print(f"etl {args.command}: load failed: {exc}", file=sys.stderr)
+        return EXIT_LOAD
     except EtlError as exc:
         print(f"etl {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED

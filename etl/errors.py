@@ -6,7 +6,8 @@
     ├── ConfigError               bad schema TOML or bad CLI usage   -> exit 2
     ├── ShardError                one shard cannot be read to its end -> shard failed, exit 3
     │   └── CorruptShardError     the compressed stream is damaged or truncated
-    └── LoadError                 the warehouse refused or failed a load
+    └── LoadError                 the warehouse refused or failed a load -> exit 4
+        ├── UnreachableError      cannot connect at all (names host and port) -> exit 2
         └── TransientLoadError    worth retrying (connection dropped, serialization failure)
 
 Every exception pickles (Dask moves them between processes), so each keeps its
@@ -52,6 +53,10 @@ class CorruptShardError(ShardError):
 
 class LoadError(EtlError):
     """The warehouse refused a load; nothing of that load was committed."""
+
+
+class UnreachableError(LoadError):
+    """The database cannot be reached; nothing was loaded."""
 
 
 class TransientLoadError(LoadError):

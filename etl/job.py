@@ -40,18 +40,22 @@ def process_shard(shard: Shard, cfg: IngestConfig) -> dict:
     except EtlError as exc:
         return empty_record(shard, "failed", str(exc))
     prev = parquet.read_manifest(cfg.out, shard.id)
-    if _unchanged(prev, shard, fp) and not cfg.force:
+    if not cfg.force and _unchanged(prev, shard, fp):
         rec = empty_record(shard, "skipped")
         rec["previous"] = {k: prev[k] for k in COUNTS}
         return rec
     parquet.forget_manifest(cfg.out, shard.id)
     rec = _run(shard, cfg, start)
     rec["fingerprint"] = fp
-    if rec["status"] == "ok":
-        parquet.write_manifest(cfg.out, shard.id, rec)
-    else:
+    if rec["status"] != "ok":
         parquet.remove_shard_files(cfg.out, shard.id, keep=set())
+    parquet.write_manifest(cfg.out, shard.id, rec)  # failed ones too, for `etl status`
     return rec
+
+
+def shard_is_done(out: str, shard: Shard) -> bool:
+    """True when the manifest says ``shard`` finished and it has not changed since."""
+    return _unchanged(parquet.read_manifest(out, shard.id), shard, fingerprint(shard))
 
 
 def _unchanged(prev: dict | None, shard: Shard, fp: str | None) -> bool:

@@ -58,9 +58,36 @@ def format_summary(report: dict) -> str:
     rows += [("input", f"{report['bytes_in'] / MB:,.1f} MB read, "
                        f"{report['bytes_decompressed'] / MB:,.1f} MB decompressed"),
              ("time", f"{report['seconds']:.1f} s, {report['mb_per_s']:,.1f} MB/s")]
+    if "load" in report:
+        rows.append(("load", format_load(report["load"])))
     lines = [f"{k:<22}{v}" for k, v in rows]
     lines += [f"FAILED {s['path']}: {s['error']}" for s in report["shards"]
               if s["status"] == "failed"]
+    return "\n".join(lines)
+
+
+def format_load(load: dict) -> str:
+    """Lines about a load: files, rows, table size."""
+    return (f"loaded {load['files_loaded']} files ({load['shards_loaded']} shards, "
+            f"{load['rows_merged']:,} rows merged) into {load['table']} at {load['database']}; "
+            f"{load['files_already_loaded']} files were loaded before; the table has "
+            f"{load['table_rows']:,} rows ({load['seconds']:.1f} s)")
+
+
+def format_status(st: dict) -> str:
+    """``etl status`` as text."""
+    lines = [f"ingest folder     {st['out']}",
+             f"shards done       {st['shards_done']}",
+             f"shards failed     {len(st['shards_failed'])}"]
+    lines += [f"  {p}" for p in st["shards_failed"]]
+    if "shards_pending" in st:
+        lines.append(f"shards pending    {len(st['shards_pending'])}")
+        lines += [f"  {p}" for p in st["shards_pending"]]
+    if "database" in st:
+        lines += [f"database          {st['database']}",
+                  f"files loaded      {st['files_loaded']}",
+                  f"files pending     {st['files_pending']}"]
+        lines += [f"rows in {t:<10}{n:,}" for t, n in st["rows"].items()]
     return "\n".join(lines)
 
 

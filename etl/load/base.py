@@ -1,0 +1,220 @@
+"""The loader protocol, and exactly-once loading of an ingest folder into a warehouse.
+
+Exactly once = immutable Parquet files + a durable record of the files loaded
+(``_etl_loads``, written in the same transaction as their rows) + an idempotent
+merge (upsert by key). Each shard's files load in one transaction; a crash at
+any moment leaves either all of a shard's rows and its records, or neither.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+
+from etl import parquet
+from etl.errors import ConfigError, LoadError, TransientLoadError
+from etl.schema import Field, Schema
+
+DEFAULT_DB = "duckdb:///data/warehouse.duckdb"
+LOADS_TABLE = "_etl_loads"
+RETRIES = 5              # attempts for a transient failure
+BACKOFF = 0.5            # seconds before the first retry; doubles each time
+
+
+@dataclass(frozen=True)
+class LoadUnit:
+    """One ingested shard's Parquet files: they load together, in one transaction."""
+
+    shard_id: str
+    shard_path: str
+    token: str                         # this ingest of the shard: fingerprint + time written
+    files: tuple[tuple[str, int], ...]  # (path relative to the ingest folder, rows)
+
+    def columns(self, out: str, schema: Schema) -> list[Field]:
+        """The schema's fields present in these files (older files may lack new fields)."""
+        present = set(pq.read_schema(os.path.join(out, self.files[0][0])).names)
+        for rel, _ in self.files[1:]:
+            present |= set(pq.read_schema(os.path.join(out, rel)).names)
+        return [f for f in schema.fields if f.name in present]
+
+
+def load_units(out: str) -> list[LoadUnit]:
+    """Every finished shard of an ingest folder with the files it published."""
+    units = []
+    for rec in parquet.read_all_manifests(out):
+        if rec.get("status") == "ok" and rec.get("files"):
+            token = f"{rec.get('fingerprint')}@{rec.get('written_at')}"
+            files = tuple((f["path"], f["rows"]) for f in rec["files"])
+            units.append(LoadUnit(rec["shard_id"], rec["path"], token, files))
+    return units
+
+
+def loads_table(metadata: sa.MetaData) -> sa.Table:
+    return sa.Table(
+        LOADS_TABLE, metadata,
+        sa.Column("file", sa.Text, primary_key=True),
+        sa.Column("token", sa.Text, primary_key=True),
+        sa.Column("shard", sa.Text, nullable=False),
+        sa.Column("dataset", sa.Text, nullable=False),
+        sa.Column("rows", sa.BigInteger, nullable=False),
+        sa.Column("loaded_at", sa.DateTime(timezone=True), nullable=False),
+    )
+
+
+def quote(name: str) -> str:
+    """A SQL identifier, double-quoted (DuckDB and Postgres alike)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+class Loader(ABC):
+    """A destination: prepare the table, load units exactly once, answer counts, close.
+
+    Subclasses set ``dialect`` and implement ``_classify`` and ``load_unit``.
+    """
+
+    dialect = ""
+
+    def __init__(self, url: sa.URL, engine: sa.Engine):
+        self.url, self.engine = url, engine
+
+    @abstractmethod
+    def _classify(self, exc: sa.exc.DBAPIError) -> LoadError:
+        """A driver error as LoadError, or TransientLoadError when worth retrying."""
+
+    @abstractmethod
+    def load_unit(self, schema: Schema, out: str, unit: LoadUnit) -> int:
+        """Merge one unit's rows and record its files, in one transaction; return rows read."""
+
+    def _run(self, fn):
+        """``fn(connection)`` in one transaction; driver errors become LoadErrors."""
+        try:
+            with self.engine.begin() as conn:
+                return fn(conn)
+        except sa.exc.DBAPIError as exc:
+            raise self._classify(exc) from exc
+
+    def prepare(self, schema: Schema) -> None:
+        """Create the table (and ``_etl_loads``) if missing; add columns the schema gained."""
+        from etl.load.tables import create_or_evolve
+
+        self._run(lambda conn: create_or_evolve(conn, schema, self.dialect))
+
+    def loaded(self) -> set[tuple[str, str]]:
+        """The (file, token) pairs already loaded."""
+        def read(conn):
+            if not sa.inspect(conn).has_table(LOADS_TABLE):
+                return set()
+            return {tuple(r) for r in conn.execute(sa.text(
+                f"SELECT file, token FROM {LOADS_TABLE}"))}
+        return self._run(read)
+
+    @staticmethod
+    def _record(conn: sa.Connection, schema: Schema, unit: LoadUnit) -> None:
+        """Note the unit's files in _etl_loads (inside the loading transaction)."""
+        now = dt.datetime.now(dt.timezone.utc)
+        conn.execute(sa.text(
+            f"INSERT INTO {LOADS_TABLE} (file, token, shard, dataset, rows, loaded_at) "
+            "VALUES (:file, :token, :shard, :dataset, :rows, :at) ON CONFLICT DO NOTHING"),
+            [{"file": f, "token": unit.token, "shard": unit.shard_path,
+              "dataset": schema.name, "rows": n, "at": now} for f, n in unit.files])
+
+    def row_counts(self) -> dict[str, int]:
+        """Rows per user table."""
+        def count(conn):
+            names = sa.inspect(conn).get_table_names()
+            return {t: conn.execute(sa.text(f"SELECT count(*) FROM {quote(t)}")).scalar()
+                    for t in names if t != LOADS_TABLE}
+        return self._run(count)
+
+    def close(self) -> None:
+        """Release connections."""
+        self.engine.dispose()
+
+    def where(self) -> str:
+        """The database for messages: host and port or file, never the password."""
+        u = self.url
+        return f"{u.host}:{u.port or 5432}/{u.database}" if u.host else str(u.database)
+
+
+def open_loader(url: str) -> Loader:
+    """The loader for a SQLAlchemy URL (``duckdb:///file`` or ``postgresql+psycopg://...``)."""
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise ConfigError(f"not a database URL: {exc}; expected duckdb:///path.duckdb or "
+                          "postgresql+psycopg://user@host:port/db") from None
+    if parsed.get_backend_name() == "duckdb":
+        from etl.load.duckdb import DuckDBLoader
+        return DuckDBLoader(parsed)
+    if parsed.get_backend_name() == "postgresql":
+        from etl.load.postgres import PostgresLoader
+        return PostgresLoader(parsed)
+    raise ConfigError(f"unsupported database {parsed.get_backend_name()!r}: use duckdb:/// or "
+                      "postgresql+psycopg://")
+
+
+def with_retries(action, what: str, retries: int = RETRIES, backoff: float = BACKOFF):
+    """Run ``action()``, retrying TransientLoadError with exponential backoff."""
+    for attempt in range(1, retries + 1):
+        try:
+            return action()
+        except TransientLoadError as exc:
+            if attempt == retries:
+                raise LoadError(f"{what} failed {retries} times, last: {exc.message}; nothing "
+                                "of it was committed: rerun to retry") from exc
+            time.sleep(backoff * 2 ** (attempt - 1))
+
+
+def run_load(out: str, schema: Schema, url: str = DEFAULT_DB) -> dict:
+    """Load every finished shard of ``out`` not loaded yet; return the load report."""
+    start = time.monotonic()
+    units = load_units(out)
+    loader = open_loader(url)
+    try:
+        with_retries(lambda: loader.prepare(schema), "preparing the table")
+        done = with_retries(loader.loaded, "reading _etl_loads")
+        todo = [u for u in units if not all((f, u.token) in done for f, _ in u.files)]
+        rows = 0
+        for unit in todo:
+            rows += with_retries(lambda u=unit: loader.load_unit(schema, out, u),
+                                 f"loading {unit.shard_path}")
+        counts = with_retries(loader.row_counts, "counting rows")
+    finally:
+        loader.close()
+    return {"database": loader.where(), "table": schema.name,
+            "files_loaded": sum(len(u.files) for u in todo),
+            "files_already_loaded": sum(len(u.files) for u in units) - sum(len(u.files)
+                                                                          for u in todo),
+            "shards_loaded": len(todo), "rows_merged": rows,
+            "table_rows": counts.get(schema.name, 0), "seconds": round(time.monotonic() - start, 3)}
+
+
+def status(out: str, url: str | None, pending_inputs: list[str] | None = None) -> dict:
+    """Shards done / failed / pending, files loaded / pending, rows per table."""
+    records = parquet.read_all_manifests(out) if os.path.isdir(out) else []
+    ok = [r for r in records if r.get("status") == "ok"]
+    result = {"out": out, "shards_done": len(ok),
+              "shards_failed": sorted(r["path"] for r in records if r.get("status") == "failed")}
+    if pending_inputs is not None:
+        from etl.job import shard_is_done
+        from etl.shards import find_shards
+        result["shards_pending"] = [s.path for s in find_shards(pending_inputs)
+                                    if not s.is_stdin and not shard_is_done(out, s)]
+    if url:
+        loader = open_loader(url)
+        try:
+            done = loader.loaded()
+            files = [(f, u.token) for u in load_units(out) for f, _ in u.files]
+            result.update(database=loader.where(),
+                          files_loaded=sum(f in done for f in files),
+                          files_pending=sum(f not in done for f in files),
+                          rows=loader.row_counts())
+        finally:
+            loader.close()
+    return result

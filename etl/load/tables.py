@@ -1,0 +1,75 @@
+"""Schema -> SQLAlchemy table, additive evolution, and the upsert statement both loaders use."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+from etl.load.base import loads_table
+from etl.schema import Field, Schema
+
+
+def sql_type(f: Field, dialect: str):
+    """The column type for a field (timestamps as timestamptz)."""
+    if f.type == "list<string>":
+        return postgresql.ARRAY(sa.Text) if dialect == "postgresql" else sa.Text
+    if f.type == "json":
+        return postgresql.JSONB if dialect == "postgresql" else sa.Text
+    return {"string": sa.Text, "int64": sa.BigInteger, "int32": sa.Integer,
+            "float64": sa.Double, "bool": sa.Boolean, "timestamp": sa.DateTime(timezone=True),
+            "date": sa.Date}[f.type]
+
+
+def build_tables(schema: Schema, dialect: str) -> tuple[sa.MetaData, sa.Table]:
+    """MetaData holding the dataset table (primary key on ``[dataset] key``) and _etl_loads."""
+    md = sa.MetaData()
+    cols = [sa.Column(f.name, sql_type(f, dialect), primary_key=(f.name == schema.key),
+                      nullable=f.name != schema.key) for f in schema.fields]
+    table = sa.Table(schema.name, md, *cols)
+    loads_table(md)
+    return md, table
+
+
+def create_or_evolve(conn: sa.Connection, schema: Schema, dialect: str) -> list[str]:
+    """Create missing tables; add columns the schema gained. Returns the columns added."""
+    md, table = build_tables(schema, dialect)
+    md.create_all(conn)
+    # information_schema, not sa.inspect().get_columns: duckdb-engine's reflection needs
+    # pg_catalog tables that DuckDB 2 no longer has
+    existing = {r[0] for r in conn.execute(sa.text(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = :t "
+        "AND table_schema = current_schema()"), {"t": schema.name})}
+    added = []
+    prep = conn.dialect.identifier_preparer
+    for col in table.columns:
+        if col.name not in existing:
+            ddl = col.type.compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {prep.quote(schema.name)} "
+                                 f"ADD COLUMN {prep.quote(col.name)} {ddl}"))
+            added.append(col.name)
+    return added
+
+
+def upsert_sql(schema: Schema, cols: list[str], source: str, order: str, quote) -> str:
+    """INSERT the newest row per key of ``source`` and merge it into the table.
+
+    Within ``source`` the row kept per key is the greatest version (when the
+    schema has one), then the last by ``order``. Against the table, the greater
+    version wins whatever the load order (ties and null stored versions: the
+    new row); without a version the later load wins.
+    """
+    t, names = quote(schema.name), ", ".join(quote(c) for c in cols)
+    if not schema.key:
+        return f"INSERT INTO {t} ({names}) SELECT {names} FROM {source}"
+    key, v = quote(schema.key), quote(schema.version) if schema.version else None
+    rank = (f"{v} DESC NULLS LAST, " if v else "") + f"{order} DESC"
+    newest = (f"SELECT {names} FROM (SELECT *, row_number() OVER (PARTITION BY {key} "
+              f"ORDER BY {rank}) AS _etl_rn FROM {source}) AS _etl_ranked WHERE _etl_rn = 1")
+    updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in cols if c != schema.key)
+    sql = f"INSERT INTO {t} ({names}) {newest} ON CONFLICT ({key}) "
+    if not updates:
+        return sql + "DO NOTHING"
+    sql += f"DO UPDATE SET {updates}"
+    if v and schema.version in cols:
+        sql += f" WHERE {t}.{v} IS NULL OR (excluded.{v} IS NOT NULL AND excluded.{v} >= {t}.{v})"
+    return sql
