@@ -11,7 +11,7 @@ OUT    ?= data/processed
 DB     ?= duckdb:///data/warehouse.duckdb
 
 .DEFAULT_GOAL := help
-.PHONY: help setup ingest test test-quick bench lint sample clean
+.PHONY: help setup ingest status test test-quick bench lint sample clean
 
 ## Show this help
 help:
@@ -26,9 +26,15 @@ $(VENV)/.installed: pyproject.toml
 ## Create .venv with etl installed editable plus the dev extras
 setup: $(VENV)/.installed
 
-## Ingest the bundled sample shards (or SHARDS='...') into $(OUT)
+## Ingest the sample shards (or SHARDS='...') into $(OUT) and $(DB), then show a few answers
 ingest: setup
-	$(ETL) ingest $(SHARDS) --schema $(SCHEMA) --out $(OUT) --report $(OUT)/_report.json
+	$(ETL) run $(SHARDS) --schema $(SCHEMA) --out $(OUT) --db $(DB) --report $(OUT)/_report.json; \
+	  rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 3 ] || exit $$rc; \
+	  $(BIN)/python -m etl.answers --db $(DB); exit $$rc
+
+## What is ingested and loaded so far
+status: setup
+	$(ETL) status $(SHARDS) --out $(OUT) --db $(DB)
 
 ## Run the whole test suite (slow end-to-end tests included)
 test: setup
