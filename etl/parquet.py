@@ -25,8 +25,9 @@ import pyarrow.parquet as pq
 
 from etl.parse import RejectedLine
 
-ROW_GROUP_ROWS = 128 * 1024     # rows per Parquet row group
-BUFFER_ROWS = 256 * 1024        # rows buffered over all dates before the largest is flushed
+ROW_GROUP_ROWS = 128 * 1024     # most rows per Parquet row group
+BUFFER_BYTES = 16 << 20         # 16 MiB of Arrow data buffered over all dates; then the
+                                # largest date is flushed: bounds memory whatever the shard size
 MAX_OPEN_FILES = 64             # open Parquet writers per shard; the least recent closes first
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
 REJECTS_DIR, MANIFEST_DIR = "_rejects", "_manifest"
@@ -67,9 +68,9 @@ class ShardWriter:
             return
         for date, part in self._split(table):
             self._buffers.setdefault(date, []).append(part)
-            self._buffered += part.num_rows
-        while self._buffered > BUFFER_ROWS:
-            largest = max(self._buffers, key=lambda d: sum(t.num_rows for t in self._buffers[d]))
+            self._buffered += part.nbytes
+        while self._buffered > BUFFER_BYTES:
+            largest = max(self._buffers, key=lambda d: sum(t.nbytes for t in self._buffers[d]))
             self._flush(largest)
 
     def _split(self, table: pa.Table):
@@ -83,8 +84,8 @@ class ShardWriter:
 
     def _flush(self, date: str) -> None:
         tables = self._buffers.pop(date)
+        self._buffered -= sum(t.nbytes for t in tables)
         table = pa.concat_tables(tables)
-        self._buffered -= table.num_rows
         f = self._open.pop(date, None) or self._new_file(date)
         f.writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
         f.rows += table.num_rows
