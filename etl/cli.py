@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
+import time
 
 from etl.errors import ConfigError, EtlError, LoadError, UnreachableError
+from etl.logs import event, setup_logging
 
 EXIT_OK, EXIT_USAGE, EXIT_FAILED, EXIT_LOAD = 0, 2, 3, 4
 DEFAULT_DB = "duckdb:///data/warehouse.duckdb"
@@ -31,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
                          description="etl ingest followed by etl load of the same folder.")
     _ingest_args(run)
     run.add_argument("--db", default=DEFAULT_DB, help=f"SQLAlchemy URL (default {DEFAULT_DB})")
+    run.add_argument("--every", metavar="DURATION",
+                     help="run again every DURATION (30s, 5m, 1h) until interrupted, for "
+                          "places without cron")
 
     load = sub.add_parser("load", help="load ingested Parquet into DuckDB or Postgres, once",
                           description="Upsert every finished shard's Parquet not loaded yet.")
@@ -39,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--schema", required=True, help="schema TOML file")
     load.add_argument("--db", default=DEFAULT_DB, help=f"SQLAlchemy URL (default {DEFAULT_DB})")
     load.add_argument("--report", help="write the load report as JSON to this file")
+    load.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                      help="when another run holds the folder, wait this long (default 0)")
+    _log_args(load)
 
     st = sub.add_parser("status", help="shards done/failed/pending, files loaded/pending, rows",
                         description="What has been ingested and loaded so far.")
@@ -79,10 +88,58 @@ def _ingest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="redo shards already finished")
     p.add_argument("--stdin-name", default="stdin",
                    help="identity of '-' (output file names derive from it; default stdin)")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="when another run holds --out, wait this long for it, else exit 0 "
+                        "saying so (default 0)")
+    _log_args(p)
+
+
+def _log_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+    p.add_argument("--log-json", action="store_true",
+                   help="machine-readable logs: one JSON object per line on stderr")
 
 
 def _ingest(args) -> int:
+    from etl.lock import Busy, run_lock
+
+    if getattr(args, "every", None):
+        return _every(args)
+    try:
+        with run_lock(args.out, args.wait):
+            return _ingest_once(args)
+    except Busy as busy:
+        event("busy", f"{busy}; nothing to do", **busy.holder)
+        return EXIT_OK
+
+
+def _every(args) -> int:
+    """``etl run --every 5m``: run, sleep to the next period, repeat until interrupted."""
+    period = parse_duration(args.every)
+    args.every = None
+    while True:
+        started = time.monotonic()
+        try:
+            code = _ingest(args)
+            event("cycle", f"run finished with exit code {code}", exit_code=code)
+        except EtlError as exc:  # a bad cycle (database down...) must not end the loop
+            event("cycle", f"run failed: {exc}", level=logging.ERROR, error=str(exc))
+        time.sleep(max(0.0, period - (time.monotonic() - started)))
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``30s``, ``5m``, ``2h``, ``1d`` or a plain number of seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        value = float(text[:-1]) * units[text[-1]] if text[-1:] in units else float(text)
+    except (ValueError, IndexError):
+        raise ConfigError(f"--every {text!r}: expected a duration like 30s, 5m, 2h") from None
+    if value <= 0:
+        raise ConfigError(f"--every {text!r}: must be positive")
+    return value
+
+
+def _ingest_once(args) -> int:
     from etl.config import IngestConfig, default_scheduler
     from etl.pipeline import run_ingest
     from etl.report import exit_code, format_summary
@@ -95,15 +152,27 @@ def _ingest(args) -> int:
                        progress=not args.quiet and sys.stderr.isatty())
     report = run_ingest(args.inputs, cfg)
     code = exit_code(report)
+    _log_shards(report)
     if args.command == "run":
         from etl.load import run_load
 
         report["load"] = run_load(cfg.out, cfg.schema, args.db)
     if args.report:
         _write_json(args.report, report)
-    if not args.quiet:
+    totals = {k: v for k, v in report.items() if k != "shards"}
+    if args.log_json:
+        event("done", f"{args.command} finished", exit_code=code, **totals)
+    elif not args.quiet:
         print(format_summary(report), file=sys.stderr)
     return code
+
+
+def _log_shards(report: dict) -> None:
+    for shard in report["shards"]:
+        level = logging.ERROR if shard["status"] == "failed" else logging.INFO
+        if shard["status"] != "skipped" or logging.getLogger("etl").isEnabledFor(logging.DEBUG):
+            event("shard", f"{shard['status']}: {shard['path']}"
+                  + (f": {shard['error']}" if shard["error"] else ""), level=level, **shard)
 
 
 def _load(args) -> int:
@@ -111,12 +180,23 @@ def _load(args) -> int:
     from etl.report import format_load
     from etl.schema import load_schema
 
+    from etl.lock import Busy, run_lock
+
     if not os.path.isdir(args.source):
         raise ConfigError("no such ingest output folder", args.source)
-    report = run_load(args.source, load_schema(args.schema), args.db)
+    schema = load_schema(args.schema)
+    try:
+        with run_lock(args.source, args.wait):
+            report = run_load(args.source, schema, args.db)
+    except Busy as busy:
+        event("busy", f"{busy}; nothing to do", **busy.holder)
+        return EXIT_OK
     if args.report:
         _write_json(args.report, report)
-    print(format_load(report), file=sys.stderr)
+    if args.log_json:
+        event("done", "load finished", **report)
+    elif not args.quiet:
+        print(format_load(report), file=sys.stderr)
     return EXIT_OK
 
 
@@ -156,6 +236,7 @@ COMMANDS = {"ingest": _ingest, "run": _ingest, "load": _load, "status": _status,
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``etl`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
+    setup_logging(getattr(args, "log_json", False), getattr(args, "quiet", False))
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:

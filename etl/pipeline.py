@@ -9,6 +9,7 @@ process (a worker process cannot see it), beside the Dask computation.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,11 +19,13 @@ import dask.bag as db
 
 from etl.config import IngestConfig
 from etl.errors import ConfigError
-from etl.job import process_shard
+from etl.job import process_shard, quick_skip
 from etl.parse import Parser
 from etl.report import ProgressBar, build_report
 from etl.schema import Schema
 from etl.shards import Shard, find_shards, iter_chunks, iter_line_batches, open_shard
+
+log = logging.getLogger("etl")
 
 
 def shard_bag(shards: list[Shard]) -> db.Bag:
@@ -49,7 +52,7 @@ def batches(inputs: list[str], schema: Schema, batch_bytes: int = 8 << 20) -> db
     return shard_bag(shards).map_partitions(_tables, schema, batch_bytes)
 
 
-def _compute(bag: db.Bag, scheduler: str) -> list[dict]:
+def _compute(bag: db.Bag, scheduler: str, announce: bool = False) -> list[dict]:
     if "://" not in scheduler:
         kwargs = {"num_workers": os.cpu_count()} if scheduler == "processes" else {}
         with dask.config.set({"multiprocessing.context": "spawn"}):
@@ -57,6 +60,8 @@ def _compute(bag: db.Bag, scheduler: str) -> list[dict]:
     from distributed import Client
 
     with Client(scheduler) as client:
+        if announce and client.dashboard_link:
+            log.info("running on %s; dashboard: %s", scheduler, client.dashboard_link)
         return client.compute(bag).result()
 
 
@@ -76,10 +81,15 @@ def run_ingest(inputs: list[str], cfg: IngestConfig) -> dict:
     files = [s for s in shards if not s.is_stdin]
     stdin = [s for s in shards if s.is_stdin]
     os.makedirs(cfg.out, exist_ok=True)
+    records = [] if cfg.force else [r for r in (quick_skip(s, cfg.out) for s in files) if r]
+    done = {r["path"] for r in records}
+    files = [s for s in files if s.path not in done]
     total = sum(s.size or 0 for s in files)
     with ProgressBar(cfg.out, total, cfg.progress), ThreadPoolExecutor(1) as pool:
         from_stdin = [pool.submit(process_shard, s, cfg) for s in stdin]
-        records = _compute(shard_bag(files).map(process_shard, cfg), cfg.scheduler) if files else []
+        if files:
+            records += _compute(shard_bag(files).map(process_shard, cfg), cfg.scheduler,
+                                cfg.progress)
         records += [f.result() for f in from_stdin]
     order = {s.path: i for i, s in enumerate(shards)}
     records.sort(key=lambda r: order[r["path"]])
