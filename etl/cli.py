@@ -57,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--db", help="SQLAlchemy URL of the warehouse (optional)")
     st.add_argument("--json", action="store_true", help="print JSON")
 
+    inf = sub.add_parser("infer", help="read a sample of shards, print a schema TOML",
+                         description="Infer a schema from a sample: etl infer SHARD... > s.toml")
+    inf.add_argument("inputs", nargs="+", metavar="SHARD")
+    inf.add_argument("--lines", type=int, default=10_000, help="rows to sample (default 10000)")
+
     smp = sub.add_parser("sample", help="generate Pushshift-like sample shards",
                          description="Generate realistic Reddit comment shards with the real "
                          "dumps' quirks and a share of bad lines.")
@@ -209,6 +214,15 @@ def _status(args) -> int:
     return EXIT_OK
 
 
+def _infer(args) -> int:
+    from etl.infer import infer_schema
+
+    if args.lines < 1:
+        raise ConfigError("--lines must be at least 1")
+    sys.stdout.write(infer_schema(args.inputs, args.lines))
+    return EXIT_OK
+
+
 def _sample(args) -> int:
     from etl.sample import generate
 
@@ -230,7 +244,7 @@ def _write_json(path: str, obj) -> None:
 
 
 COMMANDS = {"ingest": _ingest, "run": _ingest, "load": _load, "status": _status,
-            "sample": _sample}
+            "infer": _infer, "sample": _sample}
 
 
 def main(argv: list[str] | None = None) -> int:
