@@ -11,7 +11,7 @@ OUT    ?= data/processed
 DB     ?= duckdb:///data/warehouse.duckdb
 
 .DEFAULT_GOAL := help
-.PHONY: help setup ingest status test test-quick bench lint sample clean
+.PHONY: help setup ingest status notebooks test test-quick bench lint sample clean
 
 ## Show this help
 help:
@@ -35,6 +35,11 @@ ingest: setup
 ## What is ingested and loaded so far
 status: setup
 	$(ETL) status $(SHARDS) --out $(OUT) --db $(DB)
+
+## Open the analysis notebooks in Jupyter Lab (installs it into .venv on first use)
+notebooks: setup
+	$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/pip install --quiet jupyterlab
+	$(BIN)/jupyter lab notebooks/
 
 ## Run the whole test suite (slow end-to-end tests included)
 test: setup
