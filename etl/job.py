@@ -19,7 +19,8 @@ from etl import parquet
 from etl.config import IngestConfig
 from etl.errors import EtlError, ShardError
 from etl.parse import BatchResult, Parser
-from etl.shards import Shard, fingerprint, iter_chunks, iter_line_batches, open_shard
+from etl.shards import (Shard, fingerprint, iter_chunks, iter_line_batches, open_shard,
+                        stat_shard)
 
 PROGRESS_DIR = "_progress"
 PROGRESS_EVERY = 0.5  # seconds between progress file updates of one shard
@@ -98,6 +99,7 @@ def _run(shard: Shard, cfg: IngestConfig, start: float) -> dict:
                 _add(rec, res, batch)
                 reasons.update(res.rejects_by_reason)
                 progress.update(counter[0], rec["lines"])
+        _check_whole(shard, counter[0])
         rec["files"] = writer.commit()
         rec["rejects_file"] = rejects.commit()
     except Exception as exc:  # any failure fails this shard only, and publishes nothing
@@ -109,6 +111,20 @@ def _run(shard: Shard, cfg: IngestConfig, start: float) -> dict:
     rec.update(bytes_in=counter[0], rejects_by_reason=dict(reasons),
                seconds=round(time.monotonic() - start, 3))
     return rec
+
+
+def _check_whole(shard: Shard, bytes_read: int) -> None:
+    """Fail a shard that was empty, or that changed while it was being read."""
+    if shard.is_stdin:
+        return
+    if bytes_read == 0:
+        raise ShardError("empty file (0 bytes): nothing to read; an interrupted download or "
+                         "copy? Remove it or replace it with the full file", shard.path)
+    now = stat_shard(shard)
+    if (now.size, now.mtime) != (shard.size, shard.mtime) or bytes_read != shard.size:
+        raise ShardError(f"changed while being read (size {shard.size} -> {now.size}, "
+                         f"{bytes_read} bytes read); shards must not change once written: "
+                         "rerun when it is complete", shard.path)
 
 
 def _add(rec: dict, res: BatchResult, batch) -> None:

@@ -144,6 +144,12 @@ def find_shards(inputs: list[str], stdin_name: str = "stdin") -> list[Shard]:
     return list(shards.values())
 
 
+def stat_shard(shard: Shard) -> Shard:
+    """The shard with its size and mtime as they are now."""
+    found = _url_shards(shard.path) if _is_url(shard.path) else _local_shards(shard.path)
+    return found[0] if found else Shard(shard.path)
+
+
 # ---------------------------------------------------------------- opening
 
 def open_shard(shard: Shard) -> BinaryIO:

@@ -265,3 +265,30 @@ def test_stdin_memory_is_bounded(tmp_path):
     peak_mb = int(proc.stdout.split()[-1]) / 1024
     assert peak_mb < 600, f"peak RSS {peak_mb:.0f} MB for a 150 MB stream"
     shutil.rmtree(tmp_path / "o")
+
+
+def test_empty_file_fails_alone(tmp_path):
+    good = write_shard(tmp_path, "good.zst", sample_bytes(200, seed=1), "zst")
+    empty = tmp_path / "empty.zst"
+    empty.write_bytes(b"")
+    report = etl.ingest([good, empty], COMMENTS, tmp_path / "out", scheduler="synchronous")
+    by_name = {Path(s["path"]).name: s for s in report["shards"]}
+    assert by_name["good.zst"]["status"] == "ok"
+    assert by_name["empty.zst"]["status"] == "failed"
+    assert "empty file (0 bytes)" in by_name["empty.zst"]["error"]
+
+
+def test_shard_changing_while_read_fails(tmp_path):
+    from etl.config import IngestConfig
+    from etl.job import process_shard
+    from etl.schema import load_schema
+    from etl.shards import find_shards
+
+    path = write_shard(tmp_path, "growing.ndjson", sample_bytes(300, seed=2), "none")
+    shard = find_shards([str(path)])[0]   # seen at this size...
+    with open(path, "ab") as fh:          # ...then a writer appends before it is read
+        fh.write(sample_bytes(10, seed=3))
+    cfg = IngestConfig(load_schema(COMMENTS), str(tmp_path / "out"), "synchronous")
+    rec = process_shard(shard, cfg)
+    assert rec["status"] == "failed" and "changed while being read" in rec["error"]
+    assert not list((tmp_path / "out").glob("*=*/*.parquet"))
