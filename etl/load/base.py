@@ -146,7 +146,7 @@ def open_loader(url: str) -> Loader:
     """The loader for a SQLAlchemy URL (``duckdb:///file`` or ``postgresql+psycopg://...``)."""
     try:
         parsed = sa.make_url(url)
-    except sa.exc.ArgumentError as exc:
+    except (sa.exc.ArgumentError, ValueError) as exc:  # ValueError: a port that is no number
         raise ConfigError(f"not a database URL: {exc}; expected duckdb:///path.duckdb or "
                           "postgresql+psycopg://user@host:port/db") from None
     if parsed.get_backend_name() == "duckdb":

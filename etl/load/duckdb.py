@@ -38,9 +38,10 @@ class DuckDBLoader(Loader):
     def load_unit(self, schema: Schema, out: str, unit: LoadUnit) -> int:
         cols = [f.name for f in unit.columns(out, schema)]
         files = ", ".join(_sql_str(os.path.abspath(os.path.join(out, f))) for f, _ in unit.files)
-        source = (f"read_parquet([{files}], union_by_name = true, filename = true, "
+        # a named filename column: a field may well be called "filename"
+        source = (f"read_parquet([{files}], union_by_name = true, filename = '_etl_file', "
                   f"file_row_number = true)")
-        sql = upsert_sql(schema, cols, source, "filename, file_row_number", quote)
+        sql = upsert_sql(schema, cols, source, "_etl_file, file_row_number", quote)
 
         def merge(conn):
             conn.execute(sa.text(sql))

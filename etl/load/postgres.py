@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 
+import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -24,6 +25,7 @@ CONNECT_TIMEOUT = 10            # seconds
 # SQLSTATE classes worth a retry: connection exceptions, serialization failure, deadlock
 TRANSIENT_SQLSTATES = ("08", "40001", "40P01", "57P01", "57P02", "57P03")
 STAGE = "_etl_stage"
+SEQ = "_etl_seq"  # the stage's row order column (prefixed: a field may be called _seq)
 
 
 def _pg_array(values) -> str | None:
@@ -35,7 +37,7 @@ def _pg_array(values) -> str | None:
 
 
 def csv_bytes(batch: pa.RecordBatch, seq_start: int) -> bytes:
-    """A record batch as COPY CSV (null unquoted-empty, empty string quoted) with a _seq column."""
+    """A record batch as COPY CSV (null unquoted-empty, empty string quoted) with a SEQ column."""
     cols, names = [], []
     for name, col in zip(batch.schema.names, batch.columns):
         if pa.types.is_list(col.type):
@@ -43,7 +45,7 @@ def csv_bytes(batch: pa.RecordBatch, seq_start: int) -> bytes:
         cols.append(col)
         names.append(name)
     cols.append(pa.array(range(seq_start, seq_start + batch.num_rows), pa.int64()))
-    names.append("_seq")
+    names.append(SEQ)
     buf = io.BytesIO()
     pacsv.write_csv(pa.Table.from_arrays(cols, names=names), buf,
                     pacsv.WriteOptions(include_header=False, quoting_style="needed"))
@@ -65,11 +67,12 @@ class PostgresLoader(Loader):
         state = getattr(exc.orig, "sqlstate", None) or ""
         raw = str(exc.orig).strip()
         text = raw.splitlines()[0] if raw else repr(exc.orig)
-        if not state and isinstance(exc, sa.exc.OperationalError):  # could not connect at all
-            return UnreachableError(f"cannot reach PostgreSQL at {self.where()}: {text}; is the server "
-                             "running and the URL right?", self.where())
+        # a connection lost mid-load is invalidated; one never made is not
         if exc.connection_invalidated or state.startswith(TRANSIENT_SQLSTATES):
             return TransientLoadError(text, self.where())
+        if not state and isinstance(exc, sa.exc.OperationalError):  # could not connect at all
+            return UnreachableError(f"cannot reach PostgreSQL at {self.where()}: {text}; is the "
+                                    "server running and the URL right?", self.where())
         return LoadError(f"{text}; fix the cause, then rerun (nothing of this transaction was "
                          "committed)", self.where())
 
@@ -80,9 +83,15 @@ class PostgresLoader(Loader):
         def merge(conn):
             conn.execute(sa.text(f"CREATE TEMP TABLE {STAGE} ON COMMIT DROP AS SELECT {names} "
                                  f"FROM {quote(schema.name)} WITH NO DATA"))
-            conn.execute(sa.text(f"ALTER TABLE {STAGE} ADD COLUMN _seq bigint"))
-            rows = self._copy(conn, out, unit, cols, names)
-            conn.execute(sa.text(upsert_sql(schema, cols, STAGE, "_seq", quote)))
+            conn.execute(sa.text(f"ALTER TABLE {STAGE} ADD COLUMN {SEQ} bigint"))
+            try:
+                rows = self._copy(conn, out, unit, cols, names)
+            except psycopg.Error as exc:  # the raw cursor's errors, wrapped as SQLAlchemy would
+                raw = conn.connection.driver_connection
+                raise sa.exc.DBAPIError.instance(
+                    "COPY", None, exc, psycopg.Error,
+                    connection_invalidated=raw.closed or raw.broken) from exc
+            conn.execute(sa.text(upsert_sql(schema, cols, STAGE, SEQ, quote)))
             self._record(conn, schema, unit)
             return rows
         return self._run(merge)
@@ -91,7 +100,7 @@ class PostgresLoader(Loader):
     def _copy(conn, out: str, unit: LoadUnit, cols: list[str], names: str) -> int:
         cursor = conn.connection.driver_connection.cursor()
         seq = 0
-        with cursor.copy(f"COPY {STAGE} ({names}, _seq) FROM STDIN (FORMAT csv)") as copy:
+        with cursor.copy(f"COPY {STAGE} ({names}, {SEQ}) FROM STDIN (FORMAT csv)") as copy:
             for rel, _ in unit.files:
                 pf = pq.ParquetFile(os.path.join(out, rel))
                 present = [c for c in cols if c in pf.schema_arrow.names]

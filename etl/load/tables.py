@@ -62,7 +62,9 @@ def upsert_sql(schema: Schema, cols: list[str], source: str, order: str, quote) 
     if not schema.key:
         return f"INSERT INTO {t} ({names}) SELECT {names} FROM {source}"
     key, v = quote(schema.key), quote(schema.version) if schema.version else None
-    rank = (f"{v} DESC NULLS LAST, " if v else "") + f"{order} DESC"
+    # every order column descends: "filename, file_row_number" means the last file's last row
+    rank = (f"{v} DESC NULLS LAST, " if v else "") + ", ".join(
+        f"{c.strip()} DESC" for c in order.split(","))
     newest = (f"SELECT {names} FROM (SELECT *, row_number() OVER (PARTITION BY {key} "
               f"ORDER BY {rank}) AS _etl_rn FROM {source}) AS _etl_ranked WHERE _etl_rn = 1")
     updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in cols if c != schema.key)
