@@ -71,13 +71,12 @@ def open_dataset(out):
 
     The Hive partition column (``<partition_by>_date``) comes back as a column.
     """
-    import glob
-    import os
-
     import dask.dataframe as dd
 
-    out = str(out)
-    pattern = os.path.join(out, "*=*", "*.parquet")  # never _rejects/ nor _manifest/
-    if not glob.glob(pattern):
-        pattern = os.path.join(out, "*.parquet")
-    return dd.read_parquet(pattern)
+    from etl.storage import Folder
+
+    folder = Folder(str(out))
+    pattern = folder.join("*=*", "*.parquet")  # never _rejects/ nor _manifest/
+    if not folder.glob(pattern):
+        pattern = folder.join("*.parquet")
+    return dd.read_parquet(str(out).rstrip("/") + pattern[len(folder.root):])

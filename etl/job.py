@@ -47,7 +47,7 @@ def process_shard(shard: Shard, cfg: IngestConfig) -> dict:
     rec = _run(shard, cfg, start)
     rec["fingerprint"] = fp
     if rec["status"] != "ok":
-        parquet.remove_shard_files(cfg.out, shard.id, keep=set())
+        parquet.remove_shard_files(cfg.out, shard.id)
     parquet.write_manifest(cfg.out, shard.id, rec)  # failed ones too, for `etl status`
     return rec
 
@@ -153,7 +153,9 @@ class _Progress:
     """Writes ``_progress/<shard id>.json`` now and then, for the main process to draw."""
 
     def __init__(self, out: str, shard_id: str, enabled: bool):
-        self.path = os.path.join(out, PROGRESS_DIR, f"{shard_id}.json") if enabled else None
+        local = "://" not in out  # progress files only where the main process can poll them
+        self.path = os.path.join(out, PROGRESS_DIR, f"{shard_id}.json") if enabled and local \
+            else None
         self.last = 0.0
 
     def update(self, bytes_in: int, lines: int, force: bool = False) -> None:

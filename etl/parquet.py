@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import posixpath
 import time
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from etl.parse import RejectedLine
+from etl.storage import Folder, temp_name
 
 ROW_GROUP_ROWS = 128 * 1024     # most rows per Parquet row group
 BUFFER_BYTES = 16 << 20         # 16 MiB of Arrow data buffered over all dates; then the
@@ -37,9 +39,7 @@ REJECT_SCHEMA = pa.schema([
 ])
 
 
-def _tmp(path: str) -> str:
-    head, tail = os.path.split(path)
-    return os.path.join(head, f".{tail}.tmp")
+_tmp = temp_name
 
 
 @dataclass
@@ -54,7 +54,7 @@ class ShardWriter:
 
     def __init__(self, out: str, shard_id: str, schema: pa.Schema, partition_by: str | None,
                  partition_column: str | None):
-        self.out, self.shard_id, self.schema = out, shard_id, schema
+        self.out, self.shard_id, self.schema = Folder(out), shard_id, schema
         self.partition_by, self.partition_column = partition_by, partition_column
         self._buffers: dict[str, list[pa.Table]] = {}
         self._buffered = 0
@@ -94,11 +94,13 @@ class ShardWriter:
             self._close(next(iter(self._open)))
 
     def _new_file(self, date: str) -> _DateFile:
-        folder = os.path.join(self.out, f"{self.partition_column}={date}") if date else self.out
-        os.makedirs(folder, exist_ok=True)
-        final = os.path.join(folder, f"{self.shard_id}-{self._seq:06d}.parquet")
+        name = f"{self.shard_id}-{self._seq:06d}.parquet"
+        final = self.out.join(f"{self.partition_column}={date}", name) if date \
+            else self.out.join(name)
+        self.out.makedirs(os.path.dirname(final))
         self._seq += 1
-        writer = pq.ParquetWriter(_tmp(final), self.schema, compression="zstd")
+        writer = pq.ParquetWriter(_tmp(final), self.schema, compression="zstd",
+                                  filesystem=self.out.arrow_fs)
         return _DateFile(final, writer)
 
     def _close(self, date: str) -> None:
@@ -112,10 +114,10 @@ class ShardWriter:
             self._flush(date)
         for date in list(self._open):
             self._close(date)
-        remove_shard_files(self.out, self.shard_id, keep=set())
+        _remove_shard_files(self.out, self.shard_id)
         for final, _ in self._done:
-            os.replace(_tmp(final), final)
-        return [{"path": os.path.relpath(p, self.out), "rows": n} for p, n in self._done]
+            self.out.replace(_tmp(final), final)
+        return [{"path": self.out.rel(p), "rows": n} for p, n in self._done]
 
     def abort(self) -> None:
         """Close and delete everything written so far; nothing is published."""
@@ -124,24 +126,27 @@ class ShardWriter:
             self._done.append((f.final, f.rows))
         self._open.clear()
         for final, _ in self._done:
-            if os.path.exists(_tmp(final)):
-                os.remove(_tmp(final))
+            self.out.remove(_tmp(final))
 
 
-def remove_shard_files(out: str, shard_id: str, keep: set) -> None:
+def remove_shard_files(out: str, shard_id: str) -> None:
     """Delete a shard's published Parquet files (from an earlier run)."""
+    _remove_shard_files(Folder(out), shard_id)
+
+
+def _remove_shard_files(out: Folder, shard_id: str) -> None:
     name = f"{glob.escape(shard_id)}-[0-9][0-9][0-9][0-9][0-9][0-9].parquet"
-    for p in glob.glob(os.path.join(glob.escape(out), "*", name)) \
-            + glob.glob(os.path.join(glob.escape(out), name)):
-        if p not in keep:
-            os.remove(p)
+    root = glob.escape(out.root)
+    for p in out.glob(posixpath.join(root, "*", name)) + out.glob(posixpath.join(root, name)):
+        out.remove(p)
 
 
 class RejectWriter:
     """Streams rejected lines of one shard into ``_rejects/<shard id>.parquet``."""
 
     def __init__(self, out: str, shard_id: str, shard_path: str):
-        self.final = os.path.join(out, REJECTS_DIR, f"{shard_id}.parquet")
+        self.out = Folder(out)
+        self.final = self.out.join(REJECTS_DIR, f"{shard_id}.parquet")
         self.shard_path = shard_path
         self._writer: pq.ParquetWriter | None = None
         self.count = 0
@@ -150,8 +155,9 @@ class RejectWriter:
         if not rejects:
             return
         if self._writer is None:
-            os.makedirs(os.path.dirname(self.final), exist_ok=True)
-            self._writer = pq.ParquetWriter(_tmp(self.final), REJECT_SCHEMA, compression="zstd")
+            self.out.makedirs(os.path.dirname(self.final))
+            self._writer = pq.ParquetWriter(_tmp(self.final), REJECT_SCHEMA, compression="zstd",
+                                            filesystem=self.out.arrow_fs)
         cols = {
             "shard": [self.shard_path] * len(rejects),
             "line_no": [r.line_no for r in rejects], "offset": [r.offset for r in rejects],
@@ -163,58 +169,49 @@ class RejectWriter:
 
     def commit(self) -> str | None:
         if self._writer is None:
-            if os.path.exists(self.final):
-                os.remove(self.final)
+            self.out.remove(self.final)
             return None
         self._writer.close()
-        os.replace(_tmp(self.final), self.final)
-        return os.path.relpath(self.final, os.path.dirname(os.path.dirname(self.final)))
+        self.out.replace(_tmp(self.final), self.final)
+        return self.out.rel(self.final)
 
     def abort(self) -> None:
         if self._writer is not None:
             self._writer.close()
-            os.remove(_tmp(self.final))
+            self.out.remove(_tmp(self.final))
 
 
 # ---------------------------------------------------------------- manifest
 
 def manifest_path(out: str, shard_id: str) -> str:
-    return os.path.join(out, MANIFEST_DIR, f"{shard_id}.json")
+    return Folder(out).join(MANIFEST_DIR, f"{shard_id}.json")
 
 
 def read_manifest(out: str, shard_id: str) -> dict | None:
     """The record of a shard's last finished run, or None."""
+    folder = Folder(out)
     try:
-        with open(manifest_path(out, shard_id), "rb") as fh:
-            return json.load(fh)
+        return json.loads(folder.read_bytes(folder.join(MANIFEST_DIR, f"{shard_id}.json")))
     except (FileNotFoundError, ValueError):
         return None
 
 
 def read_all_manifests(out: str) -> list[dict]:
     """Every shard record in the output folder."""
-    records = []
-    for p in sorted(glob.glob(os.path.join(glob.escape(out), MANIFEST_DIR, "*.json"))):
-        with open(p, "rb") as fh:
-            records.append(json.load(fh))
-    return records
+    folder = Folder(out)
+    pattern = posixpath.join(glob.escape(folder.root), MANIFEST_DIR, "*.json")
+    return [json.loads(folder.read_bytes(p)) for p in folder.glob(pattern)]
 
 
 def write_manifest(out: str, shard_id: str, record: dict) -> None:
     """Atomically write a shard's record (temporary file, fsync, rename)."""
-    path = manifest_path(out, shard_id)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    folder = Folder(out)
     record = dict(record, written_at=time.time())
-    with open(_tmp(path), "w") as fh:
-        json.dump(record, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(_tmp(path), path)
+    folder.write_atomic(folder.join(MANIFEST_DIR, f"{shard_id}.json"),
+                        json.dumps(record, indent=1, sort_keys=True).encode())
 
 
 def forget_manifest(out: str, shard_id: str) -> None:
     """Drop a shard's record before its files change, so a crash means 'redo'."""
-    try:
-        os.remove(manifest_path(out, shard_id))
-    except FileNotFoundError:
-        pass
+    folder = Folder(out)
+    folder.remove(folder.join(MANIFEST_DIR, f"{shard_id}.json"))

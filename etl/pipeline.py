@@ -23,6 +23,7 @@ from etl.job import process_shard, quick_skip
 from etl.parse import Parser
 from etl.report import ProgressBar, build_report
 from etl.schema import Schema
+from etl.storage import Folder
 from etl.shards import Shard, find_shards, iter_chunks, iter_line_batches, open_shard
 
 log = logging.getLogger("etl")
@@ -67,6 +68,8 @@ def _compute(bag: db.Bag, scheduler: str, announce: bool = False) -> list[dict]:
 
 def _outside(shards: list[Shard], out: str) -> list[Shard]:
     """Never read our own output back as input (``etl ingest data/ --out data/processed``)."""
+    if "://" in out:
+        return shards
     root = os.path.join(os.path.abspath(out), "")
     kept = [s for s in shards if not os.path.abspath(s.path).startswith(root)]
     if shards and not kept:
@@ -80,7 +83,8 @@ def run_ingest(inputs: list[str], cfg: IngestConfig) -> dict:
     shards = _outside(find_shards(inputs, cfg.stdin_name), cfg.out)
     files = [s for s in shards if not s.is_stdin]
     stdin = [s for s in shards if s.is_stdin]
-    os.makedirs(cfg.out, exist_ok=True)
+    out = Folder(cfg.out)
+    out.makedirs(out.root)
     records = [] if cfg.force else [r for r in (quick_skip(s, cfg.out) for s in files) if r]
     done = {r["path"] for r in records}
     files = [s for s in files if s.path not in done]

@@ -492,3 +492,17 @@ def test_postgres_copy_error_is_a_load_error_and_commits_nothing(pg_url, tmp_pat
     assert code == 4, err
     assert 'invalid input syntax for type boolean: "7"' in err and "rerun" in err
     assert table(pg_url) == before and loads(pg_url) == recorded
+
+
+@pytest.mark.slow
+def test_postgres_replaces_nul_in_text(tmp_path, pg_url):
+    """Postgres text cannot hold U+0000 (real dumps have it): stored as U+FFFD there."""
+    src = tmp_path / "nul.ndjson"
+    src.write_bytes(b'{"id": "a", "created_utc": 1420070400, "subreddit": "x", '
+                    b'"body": "before\\u0000after"}\n')
+    etl.ingest([src], COMMENTS, tmp_path / "out", scheduler="synchronous")
+    run_load(str(tmp_path / "out"), load_schema(COMMENTS), pg_url)
+    engine = sa.create_engine(pg_url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("select body from comments")).scalar() == "before\ufffdafter"
+    engine.dispose()

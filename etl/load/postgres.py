@@ -11,6 +11,7 @@ import os
 
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import sqlalchemy as sa
@@ -42,6 +43,8 @@ def csv_bytes(batch: pa.RecordBatch, seq_start: int) -> bytes:
     for name, col in zip(batch.schema.names, batch.columns):
         if pa.types.is_list(col.type):
             col = pa.array([_pg_array(v) for v in col.to_pylist()], pa.string())
+        if pa.types.is_string(col.type):  # Postgres text cannot hold NUL: documented rule
+            col = pc.replace_substring(col, "\x00", "\ufffd")
         cols.append(col)
         names.append(name)
     cols.append(pa.array(range(seq_start, seq_start + batch.num_rows), pa.int64()))
