@@ -292,3 +292,27 @@ def test_shard_changing_while_read_fails(tmp_path):
     rec = process_shard(shard, cfg)
     assert rec["status"] == "failed" and "changed while being read" in rec["error"]
     assert not list((tmp_path / "out").glob("*=*/*.parquet"))
+
+
+def test_fsspec_output_url_and_load(tmp_path):
+    """--out may be an fsspec URL: Parquet, rejects and manifest go there; load reads it."""
+    import fsspec
+
+    from etl.load import run_load
+    from etl.schema import load_schema
+
+    fs = fsspec.filesystem("memory")
+    with fs.open("/etl-out-test/in/a.zst", "wb") as fh:
+        fh.write(compress(CODECS["zst"], sample_bytes(800, seed=14)))
+    out = "memory://etl-out-test/processed"
+    first = etl.ingest(["memory://etl-out-test/in/a.zst"], COMMENTS, out, scheduler="threads")
+    assert first["status"]["ok"] == 1 and first["rows_rejected"] > 0
+    assert fs.glob("/etl-out-test/processed/_rejects/*.parquet")
+    assert not fs.glob("/etl-out-test/processed/**/.*.tmp")
+    assert len(etl.open_dataset(out).compute()) == first["rows_written"]
+    again = etl.ingest(["memory://etl-out-test/in/a.zst"], COMMENTS, out, scheduler="threads")
+    assert again["status"]["skipped"] == 1
+    db = f"duckdb:///{tmp_path / 'w.duckdb'}"
+    loaded = run_load(out, load_schema(COMMENTS), db)
+    assert loaded["table_rows"] == first["rows_written"]
+    assert run_load(out, load_schema(COMMENTS), db)["files_loaded"] == 0

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from etl import parquet
 from etl.errors import ConfigError, LoadError, TransientLoadError
 from etl.schema import Field, Schema
+from etl.storage import Folder
 
 DEFAULT_DB = "duckdb:///data/warehouse.duckdb"
 LOADS_TABLE = "_etl_loads"
@@ -38,9 +39,10 @@ class LoadUnit:
 
     def columns(self, out: str, schema: Schema) -> list[Field]:
         """The schema's fields present in these files (older files may lack new fields)."""
-        present = set(pq.read_schema(os.path.join(out, self.files[0][0])).names)
-        for rel, _ in self.files[1:]:
-            present |= set(pq.read_schema(os.path.join(out, rel)).names)
+        folder = Folder(out)
+        present: set = set()
+        for rel, _ in self.files:
+            present |= set(pq.read_schema(folder.join(rel), filesystem=folder.arrow_fs).names)
         return [f for f in schema.fields if f.name in present]
 
 

@@ -10,6 +10,7 @@ from etl.errors import LoadError, TransientLoadError
 from etl.load.base import Loader, LoadUnit, quote
 from etl.load.tables import upsert_sql
 from etl.schema import Schema
+from etl.storage import Folder
 
 TRANSIENT = ("could not set lock", "conflicting lock", "transactioncontext error")
 
@@ -37,13 +38,20 @@ class DuckDBLoader(Loader):
 
     def load_unit(self, schema: Schema, out: str, unit: LoadUnit) -> int:
         cols = [f.name for f in unit.columns(out, schema)]
-        files = ", ".join(_sql_str(os.path.abspath(os.path.join(out, f))) for f, _ in unit.files)
+        folder = Folder(out)
+        files = ", ".join(_sql_str(folder.url(folder.join(f))) for f, _ in unit.files)
         # a named filename column: a field may well be called "filename"
         source = (f"read_parquet([{files}], union_by_name = true, filename = '_etl_file', "
                   f"file_row_number = true)")
         sql = upsert_sql(schema, cols, source, "_etl_file, file_row_number", quote)
 
         def merge(conn):
+            if not folder.local:  # DuckDB reads URLs through the same fsspec filesystem
+                raw = conn.connection.driver_connection
+                protocol = folder.fs.protocol
+                if not raw.filesystem_is_registered(
+                        protocol[0] if isinstance(protocol, tuple) else protocol):
+                    raw.register_filesystem(folder.fs)
             conn.execute(sa.text(sql))
             self._record(conn, schema, unit)
             return sum(n for _, n in unit.files)

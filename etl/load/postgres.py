@@ -7,7 +7,6 @@ the last two itself) and is never printed: messages name host, port and database
 from __future__ import annotations
 
 import io
-import os
 
 import psycopg
 import pyarrow as pa
@@ -20,6 +19,7 @@ from etl.errors import LoadError, TransientLoadError, UnreachableError
 from etl.load.base import Loader, LoadUnit, quote
 from etl.load.tables import upsert_sql
 from etl.schema import Schema
+from etl.storage import Folder
 
 COPY_BATCH_ROWS = 65_536        # Parquet rows turned into CSV and sent per COPY write
 CONNECT_TIMEOUT = 10            # seconds
@@ -102,10 +102,11 @@ class PostgresLoader(Loader):
     @staticmethod
     def _copy(conn, out: str, unit: LoadUnit, cols: list[str], names: str) -> int:
         cursor = conn.connection.driver_connection.cursor()
+        folder = Folder(out)
         seq = 0
         with cursor.copy(f"COPY {STAGE} ({names}, {SEQ}) FROM STDIN (FORMAT csv)") as copy:
             for rel, _ in unit.files:
-                pf = pq.ParquetFile(os.path.join(out, rel))
+                pf = pq.ParquetFile(folder.join(rel), filesystem=folder.arrow_fs)
                 present = [c for c in cols if c in pf.schema_arrow.names]
                 for batch in pf.iter_batches(COPY_BATCH_ROWS, columns=present):
                     if present != cols:  # an older file without a newer field: nulls
