@@ -61,8 +61,9 @@ def _compute(bag: db.Bag, scheduler: str, announce: bool = False) -> list[dict]:
     from distributed import Client
 
     with Client(scheduler) as client:
-        if announce and client.dashboard_link:
-            log.info("running on %s; dashboard: %s", scheduler, client.dashboard_link)
+        if announce:
+            log.info("running on the Dask cluster at %s%s", scheduler,
+                     f"; dashboard: {client.dashboard_link}" if client.dashboard_link else "")
         return client.compute(bag).result()
 
 
@@ -92,8 +93,7 @@ def run_ingest(inputs: list[str], cfg: IngestConfig) -> dict:
     with ProgressBar(cfg.out, total, cfg.progress), ThreadPoolExecutor(1) as pool:
         from_stdin = [pool.submit(process_shard, s, cfg) for s in stdin]
         if files:
-            records += _compute(shard_bag(files).map(process_shard, cfg), cfg.scheduler,
-                                cfg.progress)
+            records += _compute(shard_bag(files).map(process_shard, cfg), cfg.scheduler, True)
         records += [f.result() for f in from_stdin]
     order = {s.path: i for i, s in enumerate(shards)}
     records.sort(key=lambda r: order[r["path"]])

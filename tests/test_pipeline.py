@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -25,9 +26,9 @@ REPORT_KEYS = {"lines", "rows_written", "rows_filtered", "rows_rejected", "blank
                "rejects_by_reason", "bytes_in", "seconds", "shards"}
 
 
-def run_etl(*args, stdin=None, check=None) -> subprocess.CompletedProcess:
+def run_etl(*args, stdin=None, check=None, env=None) -> subprocess.CompletedProcess:
     proc = subprocess.run([*ETL, *map(str, args)], input=stdin, capture_output=True, cwd=ROOT,
-                          timeout=300)
+                          timeout=300, env=None if env is None else {**os.environ, **env})
     if check is not None:
         assert proc.returncode == check, proc.stderr.decode()
     return proc
@@ -182,8 +183,10 @@ def test_distributed_scheduler_address(tmp_path):
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster:
         proc = run_etl("ingest", folder, "--schema", COMMENTS, "--out", tmp_path / "dist",
-                       "--scheduler", cluster.scheduler_address, "--report", tmp_path / "r.json",
-                       check=0)
+                       "--report", tmp_path / "r.json", check=0,
+                       env={"ETL_SCHEDULER": cluster.scheduler_address})
+        assert f"running on the Dask cluster at {cluster.scheduler_address}" in \
+            proc.stderr.decode()
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["rows_written"] == local["rows_written"], proc.stderr.decode()
     q = "select * from read_parquet('{}/*=*/*.parquet', hive_partitioning=true) order by id"
