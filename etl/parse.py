@@ -16,8 +16,8 @@ schema order is named. Nothing here does I/O.
 
 from __future__ import annotations
 
-import html
 import itertools
+import operator
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -26,18 +26,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from etl import coerce
-from etl.schema import Field, Filter, Schema
+from etl.columns import clean_column, convert_column, filter_mask
+from etl.rows import FAST_ERRORS, Rows, batch_is_safe
+from etl.schema import Field, Schema
 from etl.shards import LineBatch
 
 BOM = b"\xef\xbb\xbf"
 BLANK = object()  # _retry's answer for a whitespace-only line (None is JSON null)
 SLICE_LINES = 4096  # lines whose decoded objects live at once: bounds Python object memory
-NONE = type(None)
-# Python types a column may hold for Arrow's own C conversion to be exact
-FAST_TYPES = {
-    "string": {str, NONE}, "int64": {int, NONE}, "int32": {int, NONE},
-    "float64": {float, int, NONE}, "bool": {bool, NONE},
-}
 
 
 @dataclass(frozen=True)
@@ -65,95 +61,7 @@ class BatchResult:
         return self.table.num_rows
 
 
-def _elementwise(f: Field):
-    """The per-value coercion function for one field (used off the fast path)."""
-    if f.type == "timestamp":
-        return coerce.make_timestamp(f.unit)
-    return {"string": coerce.to_string, "int64": coerce.to_int64, "int32": coerce.to_int32,
-            "float64": coerce.to_float64, "bool": coerce.to_bool, "date": coerce.to_date,
-            "list<string>": coerce.to_string_list, "json": coerce.to_json}[f.type]
-
-
-def _slow(values: list, conv) -> tuple[list, dict[int, str]]:
-    out, bad = [], {}
-    for j, v in enumerate(values):
-        if v is None:
-            out.append(None)
-            continue
-        try:
-            out.append(conv(v))
-        except coerce.BadValue as exc:
-            out.append(None)
-            bad[j] = str(exc)
-    return out, bad
-
-
-def convert_column(values: list, f: Field) -> tuple[pa.Array, dict[int, str]]:
-    """Python values of one field -> (Arrow array, {position: error} for bad values)."""
-    types = set(map(type, values))
-    try:
-        if types <= FAST_TYPES.get(f.type, set()):
-            return pa.array(values, type=f.arrow_type), {}
-        if f.type == "timestamp" and types <= {int, float, NONE}:
-            return _fast_timestamp(values, types, f), {}
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        pass  # out of range somewhere: the slow path names the value
-    out, bad = _slow(values, _elementwise(f))
-    return pa.array(out, type=f.arrow_type), bad
-
-
-def _fast_timestamp(values: list, types: set, f: Field) -> pa.Array:
-    scale = coerce.UNIT_US[f.unit]
-    if float in types:
-        us = pc.cast(pc.round(pc.multiply(pa.array(values, pa.float64()), float(scale))),
-                     pa.int64())
-    else:
-        us = pc.multiply_checked(pa.array(values, pa.int64()), scale)
-    return us.cast(f.arrow_type)
-
-
-def clean_column(arr: pa.Array, f: Field) -> pa.Array:
-    """String cleaning in a fixed order: strip, null_if, html_unescape, lower."""
-    if f.strip:
-        arr = pc.utf8_trim_whitespace(arr)
-    if f.null_if:
-        arr = pc.if_else(pc.is_in(arr, value_set=pa.array(sorted(f.null_if))),
-                         pa.scalar(None, pa.string()), arr)
-    if f.html_unescape:
-        arr = pa.array([html.unescape(s) if s and "&" in s else s for s in arr.to_pylist()],
-                       type=pa.string())
-    if f.lower:
-        arr = pc.utf8_lower(arr)
-    return arr
-
-
-def _scalar(value, f: Field):
-    return pa.scalar(value, type=f.arrow_type) if f.type in ("timestamp", "date") else value
-
-
-def filter_mask(arr: pa.Array, flt: Filter, f: Field) -> pa.Array:
-    """Boolean mask of rows passing one filter. Null fails every operator but ne and not_in."""
-    op, x = flt.op, flt.value
-    if op == "not_null":
-        return pc.is_valid(arr)
-    if op == "regex":
-        return pa.array([v is not None and x.search(v if isinstance(v, str) else str(v))
-                         is not None for v in arr.to_pylist()], pa.bool_())
-    if op in ("in", "not_in"):
-        hit = pc.is_in(arr, value_set=pa.array(x, type=f.arrow_type))
-        return pc.invert(hit) if op == "not_in" else hit
-    if op == "between":
-        lo, hi = (_scalar(v, f) for v in x)
-        mask = pc.and_(pc.greater_equal(arr, lo), pc.less_equal(arr, hi))
-    else:
-        fn = {"eq": pc.equal, "ne": pc.not_equal, "ge": pc.greater_equal, "gt": pc.greater,
-              "le": pc.less_equal, "lt": pc.less}[op]
-        mask = fn(arr, _scalar(x, f))
-    return pc.fill_null(mask, op == "ne")
-
-
-def _dig(obj: dict, path: tuple[str, ...]):
-    v = obj
+def _dig(v, path: tuple[str, ...]):
     for k in path:
         if type(v) is not dict:
             return None
@@ -170,12 +78,14 @@ class Parser:
         self.filter_fields = [f for f in schema.fields
                               if any(flt.field == f.name for flt in schema.filters)]
         self.other_fields = [f for f in schema.fields if f not in self.filter_fields]
+        self.rows = Rows(schema)
 
     def parse_batch(self, batch: LineBatch) -> BatchResult:
         """Parse, check, filter and type every line of ``batch``."""
         tables, rejects, blank, filtered = [], [], 0, 0
+        run = self._fast_slice if batch_is_safe(batch.lines) else self._slice
         for lo in range(0, len(batch.lines), SLICE_LINES):
-            table, rej, b, flt = self._slice(batch.lines, lo, lo + SLICE_LINES)
+            table, rej, b, flt = run(batch.lines, lo, lo + SLICE_LINES)
             tables.append(table)
             rejects += rej
             blank += b
@@ -184,9 +94,38 @@ class Parser:
         return self._result(batch, table, rejects, blank, filtered)
 
     def _slice(self, lines: list[bytes], lo: int, hi: int):
+        """The orjson path: every line parsed to a dict."""
+        objs, where, rejects, blank = self._decode(lines, range(lo, min(hi, len(lines))))
+        return self._typed(objs, where, rejects, blank)
+
+    def _fast_slice(self, lines: list[bytes], lo: int, hi: int):
+        """The msgspec path: needed keys only; lines msgspec refuses go through orjson."""
+        hi = min(hi, len(lines))
+        objs = self.rows.decode_all(lines[lo:hi])
+        if objs is not None:
+            return self._typed(objs, list(range(lo, hi)), [], 0, lines)
+        decode = self.rows.first.decode
+        objs, where, slow = [], [], []
+        for i in range(lo, hi):
+            try:
+                objs.append(decode(lines[i]))
+                where.append(i)
+            except FAST_ERRORS:
+                slow.append(i)
+        rejects, blank = [], 0
+        if slow:
+            dicts, more, rejects, blank = self._decode(lines, slow)
+            merged = sorted(zip(where + more, objs + [self.rows.from_dict(d) for d in dicts]),
+                            key=operator.itemgetter(0))
+            where, objs = [w for w, _ in merged], [o for _, o in merged]
+        return self._typed(objs, where, rejects, blank, lines)
+
+    def _decode(self, lines: list[bytes], indices) -> tuple[list[dict], list[int], list, int]:
+        """orjson over ``lines[i] for i in indices``: objects, their indices, rejects, blanks."""
         objs, where, rejects, blank = [], [], [], 0
         loads = orjson.loads
-        for i, line in enumerate(lines[lo:hi], lo):
+        for i in indices:
+            line = lines[i]
             try:
                 obj = loads(line)
             except orjson.JSONDecodeError as exc:
@@ -203,9 +142,10 @@ class Parser:
             else:
                 rejects.append((i, "not_object",
                                 f"expected a JSON object, got {coerce._kind(obj)}"))
-        return self._typed(objs, where, rejects, blank)
+        return objs, where, rejects, blank
 
-    def _typed(self, objs: list[dict], where: list[int], rejects: list, blank: int):
+    def _typed(self, objs: list, where: list[int], rejects: list, blank: int, lines=None):
+        """Filter fields, filter, other fields; ``lines`` given: re-decode kept Rows in full."""
         first, bad = self._convert(self.filter_fields, objs)
         mask = self._passing(first, len(objs), bad)
         keep = pc.indices_nonzero(mask) if len(objs) else pa.array([], pa.uint64())
@@ -213,6 +153,8 @@ class Parser:
         rejects += [(where[j], *why) for j, why in bad.items()]
         kept_objs = [objs[j] for j in keep.to_pylist()] if len(keep) < len(objs) else objs
         kept_where = [where[j] for j in keep.to_pylist()]
+        if lines is not None and self.rows.pre is not None:
+            kept_objs = [self.rows.full(lines[w], o) for w, o in zip(kept_where, kept_objs)]
         second, bad2 = self._convert(self.other_fields, kept_objs)
         rejects += [(kept_where[k], *why) for k, why in bad2.items()]
         final = pa.array([k for k in range(len(kept_objs)) if k not in bad2], pa.int64()) \
@@ -223,15 +165,19 @@ class Parser:
             cols.append(arr.take(final) if final is not None else arr)
         return pa.Table.from_arrays(cols, schema=self.arrow_schema), rejects, blank, filtered
 
-    @staticmethod
-    def _convert(fields: list[Field], objs: list[dict]):
+    def _values(self, f: Field, objs: list) -> list:
+        """One field's values over decoded lines: dicts (orjson) or Rows (msgspec)."""
+        if objs and type(objs[0]) is dict:
+            top = list(map(dict.get, objs, itertools.repeat(f.path[0])))
+        else:
+            top = list(map(self.rows.getter[f.path[0]], objs))
+        return top if len(f.path) == 1 else [_dig(v, f.path[1:]) for v in top]
+
+    def _convert(self, fields: list[Field], objs: list):
         """Arrays for ``fields`` over ``objs`` and {position: (reason, error)} of bad rows."""
         arrays, bad = {}, {}
         for f in fields:
-            key = f.path[0]
-            values = (list(map(dict.get, objs, itertools.repeat(key))) if len(f.path) == 1
-                      else [_dig(o, f.path) for o in objs])
-            arr, errors = convert_column(values, f)
+            arr, errors = convert_column(self._values(f, objs), f)
             if f.type == "string" and (f.strip or f.null_if or f.lower or f.html_unescape):
                 arr = clean_column(arr, f)
             for j, err in errors.items():
@@ -251,8 +197,7 @@ class Parser:
             mask = pc.and_(mask, filter_mask(arrays[f.name], flt, f))
         return mask
 
-    @staticmethod
-    def _retry(line: bytes, exc: Exception):
+    def _retry(self, line: bytes, exc: Exception):
         """Classify a line orjson refused: BLANK, the decoded value, or (reason, error)."""
         body = line[3:] if line.startswith(BOM) else line  # documented: a leading BOM is dropped
         if not body.strip():
@@ -262,6 +207,9 @@ class Parser:
                 return orjson.loads(body)
             except orjson.JSONDecodeError as again:
                 exc = again
+        needed = self.rows.decode_needed(body)  # a huge number in a value we never read
+        if needed is not None:
+            return needed
         try:
             line.decode("utf-8")
         except UnicodeDecodeError as bad:

@@ -634,3 +634,84 @@ def test_reddit_other_quirks(reddit):
     assert column(result, "score") == [r["score"] for r in raw]
     assert column(result, "distinguished").count("special") == 1
     assert column(result, "retrieved_on")[0] == dt.datetime.fromtimestamp(1706745615, tz=UTC)
+
+
+# ---------------------------------------------------------------- fast path == orjson path
+
+def _hostile_lines() -> list[bytes]:
+    """Lines on which msgspec and orjson could disagree, wrapped every way a schema meets them."""
+    from etl.sample import iter_lines
+
+    base = b'{"id":"h%d","created_utc":1420070400,"subreddit":"AskReddit","score":3,'
+    docs = [p.read_bytes() for p in sorted(SUITE.glob("*.json"))
+            if b"\n" not in p.read_bytes() and b"\r" not in p.read_bytes()]
+    docs += [b"1e999", b"-1e999", b"123123e100000", b"1" * 25, b"-" + b"9" * 30, b"1.5e308",
+             b"18446744073709551616", b'"\xff\xfe"', b'"ok \\ud800"', b"[" * 900 + b"]" * 900,
+             b"[" * 1000 + b"]" * 1000, b"[" * 1100 + b"]" * 1100, b'{"a":1,"a":2}']
+    out = list(iter_lines(400, seed=3, bad_rate=0.2))
+    for i, doc in enumerate(docs):
+        out.append(base % i + b'"skipped":' + doc + b"}")                # a key nobody reads
+        out.append(base.replace(b'"score":3,', b"") % i + b'"score":' + doc + b"}")  # needed
+        out.append(doc)                                                       # the whole line
+    out += [b"", b"   ", b"\r", b'\xef\xbb\xbf{"id":"bom","created_utc":1,"subreddit":"x"}',
+            b'{"id":"two","created_utc":1,"subreddit":"x"} {"id":"docs"}',
+            b'{"id":"dup","id":"dup2","created_utc":1,"subreddit":"x"}']
+    return out
+
+
+def _result_key(res):
+    return (res.table, [(r.line_no, r.offset, r.reason, r.raw) for r in res.rejects],
+            res.lines, res.blank_lines, res.rows_filtered)
+
+
+def _orjson_only(schema):
+    p = Parser(schema)
+    p._fast_slice = p._slice
+    return p
+
+
+FILTERED = {"subreddit": {"in": ["AskReddit", "funny", "x"]}, "score": {"ge": 0}}
+
+
+@pytest.mark.parametrize("filters", [None, FILTERED], ids=["no-filter", "filter"])
+def test_fast_path_equals_orjson_path(filters):
+    import tomllib
+
+    doc = tomllib.loads(COMMENTS_SCHEMA.read_text())
+    if filters:
+        doc["filter"] = filters
+    schema = schema_from_dict(doc)
+    lines = _hostile_lines()
+    from etl.rows import batch_is_safe
+
+    fast, slow = Parser(schema), _orjson_only(schema)
+    safe = 0
+    for size in (len(lines), 64, 7):  # whole, and batches that put hostile lines alone
+        for lo in range(0, len(lines), size):
+            batch = LineBatch(lines[lo:lo + size], lo + 1, 0)
+            safe += batch_is_safe(batch.lines)
+            a, b = _result_key(fast.parse_batch(batch)), _result_key(slow.parse_batch(batch))
+            assert a[0].equals(b[0]), f"tables differ in lines {lo}..{lo + size}"
+            assert a[1:] == b[1:], f"rejects or counts differ in lines {lo}..{lo + size}"
+    assert safe > 50  # the fast path really ran, on hostile lines too
+
+
+def test_fast_path_is_taken_on_clean_batches():
+    from etl.rows import batch_is_safe
+    from etl.sample import iter_lines
+
+    lines = list(iter_lines(2000, seed=4))
+    assert batch_is_safe(lines)
+    assert not batch_is_safe(lines + [b'{"x":"\xff"}'])
+    assert not batch_is_safe(lines + [b'{"x":123456789012345678901}'])
+
+
+def test_skipped_huge_numbers_follow_the_documented_rule():
+    """1e999 where the schema never reads: the line is kept; where it reads: invalid_json."""
+    schema = load_schema(COMMENTS_SCHEMA)
+    lines = [b'{"id":"a","created_utc":1,"subreddit":"x","unused":1e999}',
+             b'{"id":"b","created_utc":1,"subreddit":"x","score":1e999}']
+    for parser in (Parser(schema), _orjson_only(schema)):
+        res = parser.parse_batch(LineBatch(lines, 1, 0))
+        assert res.table.column("id").to_pylist() == ["a"]
+        assert [r.reason for r in res.rejects] == ["invalid_json"]
