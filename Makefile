@@ -9,9 +9,12 @@ SHARDS ?= data/sample/*
 SCHEMA ?= etl/schemas/reddit_comments.toml
 OUT    ?= data/processed
 DB     ?= duckdb:///data/warehouse.duckdb
+SPOOL_LISTEN ?= 127.0.0.1:5170
+SPOOL_DIR    ?= data/spool
+FEED         ?= comments
 
 .DEFAULT_GOAL := help
-.PHONY: help setup ingest status notebooks test test-quick bench lint sample clean
+.PHONY: help setup ingest status spool notebooks test test-quick bench lint sample clean
 
 ## Show this help
 help:
@@ -35,6 +38,10 @@ ingest: setup
 ## What is ingested and loaded so far
 status: setup
 	$(ETL) status $(SHARDS) --out $(OUT) --db $(DB)
+
+## Live NDJSON on $(SPOOL_LISTEN) -> rolling shards in $(SPOOL_DIR)/$(FEED)/ (Ctrl-C drains and seals)
+spool: setup
+	$(ETL) spool --listen $(SPOOL_LISTEN) --out $(SPOOL_DIR) --feed $(FEED) --metrics 127.0.0.1:9170
 
 ## Open the analysis notebooks in Jupyter Lab (installs it into .venv on first use)
 notebooks: setup

@@ -2,6 +2,7 @@
 
 Exit codes: 0 every shard ok or skipped; 2 usage or config error, or the database is
 unreachable; 3 some shard failed; 4 the database refused a load (nothing of it committed).
+spool: 3 = writing shards failed (the .part is recovered at the next start).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 
 from etl.errors import ConfigError, EtlError, LoadError, UnreachableError
 from etl.logs import event, setup_logging
+from etl.spool import cli as spool_cli  # light: no asyncio server until run()
 
 EXIT_OK, EXIT_USAGE, EXIT_FAILED, EXIT_LOAD = 0, 2, 3, 4
 DEFAULT_DB = "duckdb:///data/warehouse.duckdb"
@@ -77,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     smp.add_argument("--zstd-long", action="store_true",
                      help="2 GiB zstd window, like Pushshift's `zstd --long=31` dumps")
     smp.add_argument("--level", type=int, help="compression level")
+    spool_cli.add_parser(sub)
     return p
 
 
@@ -244,7 +247,7 @@ def _write_json(path: str, obj) -> None:
 
 
 COMMANDS = {"ingest": _ingest, "run": _ingest, "load": _load, "status": _status,
-            "infer": _infer, "sample": _sample}
+            "infer": _infer, "sample": _sample, "spool": spool_cli.run}
 
 
 def main(argv: list[str] | None = None) -> int:
