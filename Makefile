@@ -14,7 +14,7 @@ SPOOL_DIR    ?= data/spool
 FEED         ?= comments
 
 .DEFAULT_GOAL := help
-.PHONY: help setup ingest status spool notebooks test test-quick bench lint sample clean
+.PHONY: help setup ingest status spool notebooks chaos test test-quick bench lint sample clean
 
 ## Show this help
 help:
@@ -51,6 +51,10 @@ notebooks: setup
 ## Run the whole test suite (slow end-to-end tests included)
 test: setup
 	$(BIN)/pytest -q
+
+## Crash, fault and hostile-input suite at full scale; prints the table of faults and rows
+chaos: setup
+	ETL_CHAOS_SCALE=full $(BIN)/pytest -q tests/chaos
 
 ## Run only the quick tests
 test-quick: setup
