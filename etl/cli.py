@@ -250,24 +250,25 @@ COMMANDS = {"ingest": _ingest, "run": _ingest, "load": _load, "status": _status,
             "infer": _infer, "sample": _sample, "spool": spool_cli.run}
 
 
+def _exit_for(exc: EtlError) -> tuple[int, str]:
+    """Exit code and message head for an error (see the module docstring)."""
+    if isinstance(exc, (ConfigError, UnreachableError)):
+        return EXIT_USAGE, "error"
+    if isinstance(exc, LoadError):
+        return EXIT_LOAD, "load failed"
+    return EXIT_FAILED, "error"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``etl`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
     setup_logging(getattr(args, "log_json", False), getattr(args, "quiet", False))
     try:
         return COMMANDS[args.command](args)
-    except ConfigError as exc:
-        print(f"etl {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except UnreachableError as exc:
-        print(f"etl {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except LoadError as exc:
-        print(f"etl {args.command}: load failed: {exc}", file=sys.stderr)
-        return EXIT_LOAD
     except EtlError as exc:
-        print(f"etl {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        code, what = _exit_for(exc)
+        print(f"etl {args.command}: {what}: {exc}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print(f"etl {args.command}: interrupted; finished shards are kept, rerun to go on",
               file=sys.stderr)
