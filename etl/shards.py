@@ -265,12 +265,14 @@ class _Reader:
         try:
             b = self.fh.read(n)
         except OSError as exc:
-            raise ShardError(f"read failed after {self.bytes_read} bytes: {exc}", self.path) from exc
+            raise ShardError(f"read failed after {self.bytes_read} bytes: {exc}",
+                             self.path) from exc
         self.bytes_read += len(b or b"")
         return b or b""
 
 
-def _between_members(codec: Codec, buf: bytes, reader: _Reader, pad: int) -> tuple[bytes, int, bool]:
+def _between_members(codec: Codec, buf: bytes, reader: _Reader,
+                     pad: int) -> tuple[bytes, int, bool]:
     """Consume padding after a member; say whether another member starts in ``buf``.
 
     Returns (buf, padding count, another member follows).
@@ -368,7 +370,8 @@ def _plain(head: bytes, reader: _Reader) -> Iterator[bytes]:
 
 # ---------------------------------------------------------------- lines
 
-def iter_line_batches(chunks: Iterator[bytes], batch_bytes: int = BATCH_BYTES) -> Iterator[LineBatch]:
+def iter_line_batches(chunks: Iterator[bytes],
+                      batch_bytes: int = BATCH_BYTES) -> Iterator[LineBatch]:
     """Cut decompressed pieces into batches of whole lines (LF ends a line).
 
     A last line without a newline counts. CR before LF stays on the line

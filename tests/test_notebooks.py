@@ -25,8 +25,8 @@ def warehouses(tmp_path_factory):
     # spool windows as the spooler names them, a few hours after the comments were made
     for hour in range(3):
         day = tmp / "spool" / "comments" / "2015" / "01" / "01"
-        generate(day, lines=400, codec="zst", seed=hour, name=f"comments-20150101T0{hour + 2}0000Z-0",
-                 start="2015-01-01", days=1)
+        generate(day, lines=400, codec="zst", seed=hour,
+                 name=f"comments-20150101T0{hour + 2}0000Z-0", start="2015-01-01", days=1)
     for p in (tmp / "spool").rglob("*.zst"):
         p.rename(p.with_name(p.name.replace(".zst", ".ndjson.zst")))
     run_etl("run", tmp / "spool" / "comments", "--schema", COMMENTS,
