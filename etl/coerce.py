@@ -17,6 +17,7 @@ import re
 import orjson
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+UINT64_MAX = 2**64 - 1  # orjson reads integers in [INT64_MIN, UINT64_MAX] as int, others as float
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 US_PER_S = 1_000_000
 US_PER_DAY = 86_400 * US_PER_S
@@ -25,11 +26,29 @@ INT_STRING = re.compile(r"\s*[+-]?\d+\s*")
 UNIT_US = {"s": US_PER_S, "ms": 1_000, "us": 1}  # timestamp units: microseconds per unit
 
 
+def as_orjson_reads(v):
+    """An integer beyond what orjson keeps as int becomes the float orjson makes of it.
+
+    The msgspec fast path reads big integers exactly; this makes both paths see the
+    same value (nested ones included), so output never depends on the path.
+    """
+    t = type(v)
+    if t is int:
+        return v if INT64_MIN <= v <= UINT64_MAX else float(v)
+    if t is list:
+        return [as_orjson_reads(x) for x in v]
+    if t is dict:
+        return {k: as_orjson_reads(x) for k, x in v.items()}
+    return v
+
+
 class BadValue(Exception):
     """The value cannot be coerced to the field's type."""
 
 
 def to_string(v):
+    if type(v) is int:
+        v = as_orjson_reads(v)
     t = type(v)
     if t is str or v is None:
         return v
@@ -173,7 +192,11 @@ def to_json(v):
         return None
     try:
         return orjson.dumps(v).decode()
-    except orjson.JSONEncodeError:  # orjson reads 1024 levels deep but writes only 254
+    except orjson.JSONEncodeError:
+        pass
+    try:  # an integer beyond 64 bits (fast path), written as orjson reads it
+        return orjson.dumps(as_orjson_reads(v)).decode()
+    except (orjson.JSONEncodeError, RecursionError):  # orjson reads 1024 levels, writes 254
         raise BadValue("value is nested too deeply to write as JSON text") from None
 
 

@@ -38,6 +38,8 @@ def _slow(values: list, conv) -> tuple[list, dict[int, str]]:
         if v is None:
             out.append(None)
             continue
+        if type(v) is int and not coerce.INT64_MIN <= v <= coerce.UINT64_MAX:
+            v = float(v)  # as orjson reads it: both parse paths give the same value
         try:
             out.append(conv(v))
         except coerce.BadValue as exc:

@@ -133,7 +133,8 @@ def _add(rec: dict, res: BatchResult, batch) -> None:
     rec["rows_filtered"] += res.rows_filtered
     rec["rows_rejected"] += len(res.rejects)
     rec["blank_lines"] += res.blank_lines
-    rec["bytes_decompressed"] += sum(map(len, batch.lines)) + len(batch.lines)
+    rec["bytes_decompressed"] += (len(batch.raw) + 1 if batch.raw is not None
+                                  else sum(map(len, batch.lines)) + len(batch.lines))
 
 
 def _failed(shard: Shard, rec: dict, exc: Exception, start: float) -> dict:

@@ -58,6 +58,7 @@ class ShardWriter:
         self.partition_by, self.partition_column = partition_by, partition_column
         self._buffers: dict[str, list[pa.Table]] = {}
         self._buffered = 0
+        self._sizes: dict[str, int] = {}  # Arrow bytes buffered per date
         self._open: dict[str, _DateFile] = {}
         self._done: list[tuple[str, int]] = []
         self._seq = 0
@@ -67,24 +68,34 @@ class ShardWriter:
         if table.num_rows == 0:
             return
         for date, part in self._split(table):
+            size = part.nbytes
             self._buffers.setdefault(date, []).append(part)
-            self._buffered += part.nbytes
+            self._sizes[date] = self._sizes.get(date, 0) + size
+            self._buffered += size
         while self._buffered > BUFFER_BYTES:
-            largest = max(self._buffers, key=lambda d: sum(t.nbytes for t in self._buffers[d]))
-            self._flush(largest)
+            self._flush(max(self._sizes, key=self._sizes.__getitem__))
 
     def _split(self, table: pa.Table):
         if not self.partition_by:
             yield "", table
             return
         dates = pc.cast(table[self.partition_by], pa.date32())
-        for d in pc.unique(dates).to_pylist():
-            mask = pc.is_null(dates) if d is None else pc.equal(dates, pa.scalar(d, pa.date32()))
-            yield (NULL_PARTITION if d is None else d.isoformat()), table.filter(mask)
+        span = pc.min_max(dates)
+        if dates.null_count == 0 and span["min"] == span["max"]:
+            yield span["min"].as_py().isoformat(), table  # one date: usual for time-ordered dumps
+            return
+        order = pc.sort_indices(dates)  # nulls last
+        table, dates = table.take(order), dates.take(order)
+        runs = pc.run_end_encode(dates.combine_chunks() if hasattr(dates, "combine_chunks")
+                                 else dates)
+        start = 0
+        for end, d in zip(runs.run_ends.to_pylist(), runs.values.to_pylist()):
+            yield (NULL_PARTITION if d is None else d.isoformat()), table.slice(start, end - start)
+            start = end
 
     def _flush(self, date: str) -> None:
         tables = self._buffers.pop(date)
-        self._buffered -= sum(t.nbytes for t in tables)
+        self._buffered -= self._sizes.pop(date)
         table = pa.concat_tables(tables)
         f = self._open.pop(date, None) or self._new_file(date)
         f.writer.write_table(table, row_group_size=ROW_GROUP_ROWS)

@@ -83,7 +83,7 @@ class Parser:
     def parse_batch(self, batch: LineBatch) -> BatchResult:
         """Parse, check, filter and type every line of ``batch``."""
         tables, rejects, blank, filtered = [], [], 0, 0
-        run = self._fast_slice if batch_is_safe(batch.lines) else self._slice
+        run = self._fast_slice if batch_is_safe(batch.joined()) else self._slice
         for lo in range(0, len(batch.lines), SLICE_LINES):
             table, rej, b, flt = run(batch.lines, lo, lo + SLICE_LINES)
             tables.append(table)

@@ -67,6 +67,11 @@ class LineBatch:
     lines: list[bytes]
     first_line_no: int   # 1-based
     first_offset: int    # byte offset of the first line in the decompressed stream
+    raw: bytes | None = None  # the lines joined by LF, when the reader has them at no cost
+
+    def joined(self) -> bytes:
+        """The lines joined by LF (``raw`` when given)."""
+        return self.raw if self.raw is not None else b"\n".join(self.lines)
 
 
 # ---------------------------------------------------------------- discovery
@@ -389,8 +394,9 @@ def iter_line_batches(chunks: Iterator[bytes],
         if cut < 0:  # one line longer than a batch: keep reading
             pending = [data]
             continue
-        lines = data[:cut].split(b"\n")
-        yield LineBatch(lines, line_no, offset)
+        raw = data[:cut]
+        lines = raw.split(b"\n")
+        yield LineBatch(lines, line_no, offset, raw)
         line_no += len(lines)
         offset += cut + 1
         rest = data[cut + 1:]
