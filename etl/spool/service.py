@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import ssl
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from etl.spool.recovery import recover_feed
 from etl.spool.server import Spooler, install_signals
 
 EXIT_OK, EXIT_FAILED = 0, 3
+FDS_BESIDES_CLIENTS = 64  # listeners, metrics scrapes, shard and rejects files, epoll, pipes
 
 log = logging.getLogger("etl.spool")
 
@@ -39,6 +41,23 @@ def tls_context(cfg: SpoolConfig) -> ssl.SSLContext:
     return ctx
 
 
+def raise_fd_limit(max_connections: int) -> None:
+    """Raise the soft RLIMIT_NOFILE so ``max_connections`` clients fit; ConfigError if it can't.
+
+    Past the soft limit (often 1024) ``accept`` fails with EMFILE: asyncio then stops
+    accepting anyone for a second at a time instead of answering ``ERR busy``.
+    """
+    want = max_connections + FDS_BESIDES_CLIENTS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    if hard != resource.RLIM_INFINITY and hard < want:
+        raise ConfigError(f"--max-connections {max_connections} needs {want} open files but "
+                          f"the hard limit is {hard}: lower --max-connections or raise the "
+                          "limit (ulimit -n, systemd LimitNOFILE=)")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def _prepare(cfg: SpoolConfig) -> int:
     """Lock the feed and recover leftover ``.part`` files; return how many were recovered."""
     lock_feed(cfg.feed_dir)
@@ -51,6 +70,7 @@ def _prepare(cfg: SpoolConfig) -> int:
 
 async def run_spooler(cfg: SpoolConfig, clock: Callable[[], float] = time.time) -> int:
     """Serve until SIGTERM/SIGINT (or a write failure); return the exit code."""
+    raise_fd_limit(cfg.max_connections)
     ssl_ctx = tls_context(cfg) if cfg.tls else None
     metrics = Metrics(parts_recovered=_prepare(cfg))
     sink = ShardSink(cfg.out, cfg.feed, cfg.codec, cfg.window_seconds, cfg.max_bytes)
