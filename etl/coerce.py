@@ -34,7 +34,13 @@ def as_orjson_reads(v):
     """
     t = type(v)
     if t is int:
-        return v if INT64_MIN <= v <= UINT64_MAX else float(v)
+        if INT64_MIN <= v <= UINT64_MAX:
+            return v
+        try:
+            return float(v)
+        except OverflowError:  # orjson refuses such a number outright
+            raise BadValue(f"integer of {len(str(abs(v)))} digits is beyond the range of a "
+                           "double") from None
     if t is list:
         return [as_orjson_reads(x) for x in v]
     if t is dict:

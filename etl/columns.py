@@ -38,9 +38,9 @@ def _slow(values: list, conv) -> tuple[list, dict[int, str]]:
         if v is None:
             out.append(None)
             continue
-        if type(v) is int and not coerce.INT64_MIN <= v <= coerce.UINT64_MAX:
-            v = float(v)  # as orjson reads it: both parse paths give the same value
         try:
+            if type(v) is int and not coerce.INT64_MIN <= v <= coerce.UINT64_MAX:
+                v = coerce.as_orjson_reads(v)  # as orjson reads it: both parse paths agree
             out.append(conv(v))
         except coerce.BadValue as exc:
             out.append(None)

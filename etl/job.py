@@ -9,6 +9,7 @@ is repaired).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -48,7 +49,12 @@ def process_shard(shard: Shard, cfg: IngestConfig) -> dict:
     rec["fingerprint"] = fp
     if rec["status"] != "ok":
         parquet.remove_shard_files(cfg.out, shard.id)
-    parquet.write_manifest(cfg.out, shard.id, rec)  # failed ones too, for `etl status`
+    try:
+        parquet.write_manifest(cfg.out, shard.id, rec)  # failed ones too, for `etl status`
+    except OSError as exc:  # e.g. the disk is full: unrecorded, the shard is not done
+        parquet.remove_shard_files(cfg.out, shard.id)
+        if rec["status"] == "ok":
+            rec = _failed(shard, rec, exc, start)
     return rec
 
 
@@ -141,6 +147,10 @@ def _failed(shard: Shard, rec: dict, exc: Exception, start: float) -> dict:
     read = rec["lines"]
     if isinstance(exc, ShardError):
         msg = f"{exc}; reading stopped after line {read}"
+    elif isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        msg = (f"{shard.path}: no space left on device writing the output ({exc}); nothing of "
+               f"this shard is published: free space, then rerun; reading stopped after line "
+               f"{read}")
     else:  # not a known shard problem: keep the traceback's last frame for the bug report
         where = traceback.extract_tb(exc.__traceback__)[-1]
         msg = (f"{shard.path}: {type(exc).__name__}: {exc} (at {os.path.basename(where.filename)}"

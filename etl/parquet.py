@@ -98,9 +98,9 @@ class ShardWriter:
         self._buffered -= self._sizes.pop(date)
         table = pa.concat_tables(tables)
         f = self._open.pop(date, None) or self._new_file(date)
+        self._open[date] = f  # re-insert (most recently used last) first: abort() must find it
         f.writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
         f.rows += table.num_rows
-        self._open[date] = f  # re-insert: most recently used last
         if len(self._open) > MAX_OPEN_FILES:
             self._close(next(iter(self._open)))
 
@@ -110,14 +110,13 @@ class ShardWriter:
             else self.out.join(name)
         self.out.makedirs(os.path.dirname(final))
         self._seq += 1
-        writer = pq.ParquetWriter(_tmp(final), self.schema, compression="zstd",
-                                  filesystem=self.out.arrow_fs)
+        writer = _new_writer(self.out, _tmp(final), self.schema)
         return _DateFile(final, writer)
 
     def _close(self, date: str) -> None:
         f = self._open.pop(date)
+        self._done.append((f.final, f.rows))  # first: if closing fails, abort() removes it
         f.writer.close()
-        self._done.append((f.final, f.rows))
 
     def commit(self) -> list[dict]:
         """Flush everything, remove this shard's earlier files, rename the new ones in."""
@@ -133,16 +132,34 @@ class ShardWriter:
     def abort(self) -> None:
         """Close and delete everything written so far; nothing is published."""
         for f in self._open.values():
-            f.writer.close()
+            _close_quietly(f.writer)
             self._done.append((f.final, f.rows))
         self._open.clear()
         for final, _ in self._done:
             self.out.remove(_tmp(final))
 
 
+def _new_writer(out: Folder, tmp: str, schema: pa.Schema) -> pq.ParquetWriter:
+    try:
+        return pq.ParquetWriter(tmp, schema, compression="zstd", filesystem=out.arrow_fs)
+    except BaseException:  # e.g. the disk is full: leave no empty temporary file behind
+        out.remove(tmp)
+        raise
+
+
+def _close_quietly(writer: pq.ParquetWriter) -> None:
+    """Close a writer whose file is thrown away: a close that fails (disk full) is moot."""
+    try:
+        writer.close()
+    except OSError:
+        pass
+
+
 def remove_shard_files(out: str, shard_id: str) -> None:
-    """Delete a shard's published Parquet files (from an earlier run)."""
-    _remove_shard_files(Folder(out), shard_id)
+    """Delete a shard's published Parquet files and rejects file (from an earlier run)."""
+    folder = Folder(out)
+    _remove_shard_files(folder, shard_id)
+    folder.remove(folder.join(REJECTS_DIR, f"{shard_id}.parquet"))
 
 
 def _remove_shard_files(out: Folder, shard_id: str) -> None:
@@ -167,8 +184,7 @@ class RejectWriter:
             return
         if self._writer is None:
             self.out.makedirs(os.path.dirname(self.final))
-            self._writer = pq.ParquetWriter(_tmp(self.final), REJECT_SCHEMA, compression="zstd",
-                                            filesystem=self.out.arrow_fs)
+            self._writer = _new_writer(self.out, _tmp(self.final), REJECT_SCHEMA)
         cols = {
             "shard": [self.shard_path] * len(rejects),
             "line_no": [r.line_no for r in rejects], "offset": [r.offset for r in rejects],
@@ -188,7 +204,7 @@ class RejectWriter:
 
     def abort(self) -> None:
         if self._writer is not None:
-            self._writer.close()
+            _close_quietly(self._writer)
             self.out.remove(_tmp(self.final))
 
 

@@ -20,6 +20,7 @@ import hashlib
 import lzma
 import os
 import re
+import stat
 import sys
 import zlib
 from dataclasses import dataclass
@@ -86,16 +87,19 @@ def _skip(name: str) -> bool:
 
 
 def _local_shards(pattern: str) -> list[Shard]:
+    unlisted: list[OSError] = []  # folders os.walk cannot list: reported, never silently skipped
     if GLOB_CHARS.search(pattern):
         paths = sorted(globlib.glob(pattern, recursive=True))
     elif os.path.isdir(pattern):
-        paths = sorted(os.path.join(root, f) for root, dirs, files in os.walk(pattern)
+        paths = sorted(os.path.join(root, f) for root, dirs, files in
+                       os.walk(pattern, onerror=unlisted.append)
                        for f in files if not any(_skip(d) for d in
                                                  os.path.relpath(root, pattern).split(os.sep)
                                                  if d != "."))
     else:
         paths = [pattern]
-    shards = []
+    shards = [Shard(os.path.abspath(e.filename)) for e in unlisted
+              if not any(_skip(d) for d in os.path.relpath(e.filename, pattern).split(os.sep))]
     for p in paths:
         if _skip(p) or os.path.isdir(p):  # a directory a glob matched is never a shard
             continue
@@ -166,16 +170,39 @@ def open_shard(shard: Shard) -> BinaryIO:
             import fsspec
             return fsspec.open(shard.path, "rb").open()
         if os.path.isdir(shard.path):
-            raise ShardError("is a directory, not a shard file", shard.path)
+            raise ShardError(_directory_problem(shard.path), shard.path)
         return open(shard.path, "rb", buffering=0)
     except OSError as exc:
         raise ShardError(f"cannot open: {exc.strerror or exc}", shard.path) from exc
+
+
+def _directory_problem(path: str) -> str:
+    try:
+        os.listdir(path)
+    except OSError as exc:
+        return (f"is a directory that cannot be listed ({exc.strerror}): the shards in it "
+                "cannot be found; fix its permissions and rerun")
+    return "is a directory, not a shard file"
+
+
+def _require_regular(shard: Shard) -> None:
+    """Refuse a FIFO, socket or device before opening it (opening a FIFO can block forever)."""
+    try:
+        mode = os.stat(shard.path).st_mode
+    except OSError:
+        return  # open_shard says why
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise ShardError("not a regular file (a FIFO, socket or device): a shard must be a "
+                         "complete file; stream data through standard input with '-' instead",
+                         shard.path)
 
 
 def fingerprint(shard: Shard) -> str | None:
     """Cheap content fingerprint: blake2b of size, first and last MiB. None for stdin."""
     if shard.is_stdin:
         return None
+    if not _is_url(shard.path):
+        _require_regular(shard)
     h = hashlib.blake2b(digest_size=16)
     with open_shard(shard) as fh:
         head = _read_exact(fh, FINGERPRINT_SPAN)

@@ -89,14 +89,18 @@ class Folder:
         """Write under a temporary name, flush (fsync locally), then rename into place."""
         tmp = temp_name(path)
         self.makedirs(posixpath.dirname(path))
-        if self.local:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        else:
-            with self.fs.open(tmp, "wb") as fh:
-                fh.write(data)
+        try:
+            if self.local:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            else:
+                with self.fs.open(tmp, "wb") as fh:
+                    fh.write(data)
+        except BaseException:  # e.g. the disk is full: no half-written temporary file stays
+            self.remove(tmp)
+            raise
         self.replace(tmp, path)
 
     def escape(self, text: str) -> str:

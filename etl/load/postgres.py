@@ -65,6 +65,8 @@ class PostgresLoader(Loader):
             url = url.set(drivername="postgresql+psycopg")
         super().__init__(url, sa.create_engine(
             url, poolclass=sa.pool.NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT}))
+        self.reached = False  # once connected, losing the server mid-load is worth retrying
+        sa.event.listen(self.engine, "connect", lambda *_: setattr(self, "reached", True))
 
     def _classify(self, exc: sa.exc.DBAPIError) -> LoadError:
         state = getattr(exc.orig, "sqlstate", None) or ""
@@ -73,6 +75,8 @@ class PostgresLoader(Loader):
         # a connection lost mid-load is invalidated; one never made is not
         if exc.connection_invalidated or state.startswith(TRANSIENT_SQLSTATES):
             return TransientLoadError(text, self.where())
+        if not state and isinstance(exc, sa.exc.OperationalError) and self.reached:
+            return TransientLoadError(f"lost PostgreSQL at {self.where()}: {text}", self.where())
         if not state and isinstance(exc, sa.exc.OperationalError):  # could not connect at all
             return UnreachableError(f"cannot reach PostgreSQL at {self.where()}: {text}; is the "
                                     "server running and the URL right?", self.where())
