@@ -17,6 +17,7 @@ from __future__ import annotations
 import bz2
 import glob as globlib
 import hashlib
+import logging
 import lzma
 import os
 import re
@@ -137,19 +138,27 @@ def find_shards(inputs: list[str], stdin_name: str = "stdin") -> list[Shard]:
     """Expand files, globs, directories, fsspec URLs and ``-`` into shards.
 
     Hidden files, ``_``-prefixed files and unsealed spool files (``*.part``)
-    are never taken. Raises ``ConfigError`` when an input matches nothing.
+    are never taken. An input matching nothing is logged as a warning (an empty
+    spool folder must not stop a scheduled run over other inputs); when no input
+    matches anything, ``ConfigError``.
     """
     shards: dict[str, Shard] = {}
+    missed = []
     for item in inputs:
         if item == STDIN:
             found = [Shard(STDIN, name=stdin_name)]
         else:
             found = _url_shards(item) if _is_url(item) else _local_shards(item)
         if not found:
-            raise ConfigError(f"no shards match {item!r} (hidden, _-prefixed and .part files "
-                              "are never taken)")
+            missed.append(item)
         for s in found:
             shards.setdefault(s.path, s)
+    why = "(hidden, _-prefixed and .part files are never taken)"
+    if not shards:
+        raise ConfigError(f"no shards match {', '.join(map(repr, missed))} {why}")
+    for item in missed:
+        logging.getLogger("etl").warning("no shards match %r %s; going on with the other "
+                                         "inputs", item, why)
     return list(shards.values())
 
 

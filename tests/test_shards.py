@@ -669,8 +669,24 @@ def test_inputs_keep_their_order_and_duplicates_collapse(tree):
 def test_no_match_raises_config_error_naming_the_pattern(tree, pattern):
     (tree / "empty-dir").mkdir()
     with pytest.raises(ConfigError) as exc:
-        find_shards([str(tree / "a.zst"), str(tree / pattern)])
+        find_shards([str(tree / pattern)])
     assert str(tree / pattern) in str(exc.value)
+
+
+@pytest.mark.parametrize("pattern", ["nothing-*.zst", "empty-dir"])
+def test_one_empty_input_among_others_is_a_warning(tree, pattern, caplog):
+    """An empty spool folder must not stop a scheduled run over the other inputs."""
+    import logging
+
+    (tree / "empty-dir").mkdir(exist_ok=True)
+    logger = logging.getLogger("etl")
+    logger.addHandler(caplog.handler)  # etl's logger may not propagate (etl.logs set-up)
+    try:
+        shards = find_shards([str(tree / "a.zst"), str(tree / pattern)])
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert rel(shards, tree) == ["a.zst"]
+    assert str(tree / pattern) in caplog.text
 
 
 def test_a_missing_literal_file_is_a_shard_that_fails_to_open(tmp_path):
