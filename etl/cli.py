@@ -179,8 +179,8 @@ def _log_shards(report: dict) -> None:
     for shard in report["shards"]:
         level = logging.ERROR if shard["status"] == "failed" else logging.INFO
         if shard["status"] != "skipped" or logging.getLogger("etl").isEnabledFor(logging.DEBUG):
-            event("shard", f"{shard['status']}: {shard['path']}"
-                  + (f": {shard['error']}" if shard["error"] else ""), level=level, **shard)
+            event("shard", f"{shard['status']}: {shard['error'] or shard['path']}", level=level,
+                  **shard)  # an error names its shard
 
 
 def _load(args) -> int:

@@ -61,7 +61,7 @@ def format_summary(report: dict) -> str:
     if "load" in report:
         rows.append(("load", format_load(report["load"])))
     lines = [f"{k:<22}{v}" for k, v in rows]
-    lines += [f"FAILED {s['path']}: {s['error']}" for s in report["shards"]
+    lines += [f"FAILED {s['error']}" for s in report["shards"]  # the error names the shard
               if s["status"] == "failed"]
     return "\n".join(lines)
 
