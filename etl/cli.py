@@ -164,7 +164,13 @@ def _ingest_once(args) -> int:
     if args.command == "run":
         from etl.load import run_load
 
-        report["load"] = run_load(cfg.out, cfg.schema, args.db)
+        try:
+            report["load"] = run_load(cfg.out, cfg.schema, args.db)
+        except LoadError as exc:  # the ingest part of the report is still worth keeping
+            report["load"] = {"error": str(exc)}
+            if args.report:
+                _write_json(args.report, report)
+            raise
     if args.report:
         _write_json(args.report, report)
     totals = {k: v for k, v in report.items() if k != "shards"}
