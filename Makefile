@@ -14,7 +14,7 @@ SPOOL_DIR    ?= data/spool
 FEED         ?= comments
 
 .DEFAULT_GOAL := help
-.PHONY: help setup ingest status spool notebooks chaos test test-quick bench lint sample clean
+.PHONY: help setup ingest status spool notebooks chaos test test-quick bench bench-quick lint sample clean
 
 ## Show this help
 help:
@@ -60,9 +60,15 @@ chaos: setup
 test-quick: setup
 	$(BIN)/pytest -q -m "not slow"
 
-## Benchmarks; results in bench/RESULTS.md
+## Benchmarks (~13 min; the first run builds 1.1 GB of data in bench/data/); writes bench/RESULTS.md
 bench: setup
+	$(BIN)/python -c "import polars" 2>/dev/null || $(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run.py
+
+## Quick benchmark (< 2 min): etl's zst ratio to DuckDB and xz ratio to the decompression limit
+bench-quick: setup
+	$(BIN)/python -c "import polars" 2>/dev/null || $(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/run.py --quick
 
 ## Lint with ruff
 lint: setup

@@ -1,7 +1,14 @@
-"""Benchmarks: throughput and peak memory of `etl ingest` by shard size.
+"""Benchmarks: ``etl ingest`` against DuckDB, Polars and decompression alone, side by side.
 
-Writes bench/RESULTS.md. Data is generated under bench/data/ (git-ignored) with
-`etl sample`. Usage: python bench/run.py [--sizes 50000,1600000] [--codec zst]
+    python bench/run.py            make bench: builds bench/data/full once (1.1 GB of text
+                                   in 6 codecs), runs every codec, the memory and load
+                                   checks, and writes bench/RESULTS.md
+    python bench/run.py --quick    make bench-quick: ~220 MB of zst and xz; prints etl's
+                                   zst ratio to DuckDB and xz ratio to the 2-core limit
+
+Every step runs in its own measuring wrapper (bench/measure.py), one after another,
+so all ratios come from one run on the same (shared, noisy) machine. Each codec's
+steps run in ``--repeat`` interleaved rounds and each step keeps its fastest run.
 """
 
 from __future__ import annotations
@@ -9,68 +16,220 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import re
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "bench" / "data"
-SCHEMA = ROOT / "etl" / "schemas" / "reddit_comments.toml"
-ETL = [sys.executable, "-m", "etl.cli"]
+if __package__ in (None, ""):  # run as a script: make the bench package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import data, jobs, report  # noqa: E402
+from bench.measure import measure  # noqa: E402
+from bench.report import Result  # noqa: E402
+
+ROOT = data.ROOT
+RESULTS = ROOT / "bench" / "RESULTS.md"
+DIGEST_COLUMNS = "id, created_utc, subreddit, author, score, body"
 
 
-def make_shard(lines: int, codec: str) -> Path:
-    folder = DATA / f"{codec}-{lines}"
-    if not folder.exists() or not any(folder.iterdir()):
-        folder.mkdir(parents=True, exist_ok=True)
-        subprocess.run([*ETL, "sample", "--out", folder, "--lines", str(lines), "--codec", codec,
-                        "--seed", "1", "--name", "RC_2015-01"], check=True, cwd=ROOT,
-                       stdout=subprocess.DEVNULL)
-    return next(folder.iterdir())
+def _remove(path: Path | None) -> None:
+    if path is None:
+        return
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
-def measure(shard: Path, scheduler: str) -> dict:
-    """One ingest in a child process: wall time, peak RSS of the child, report numbers."""
-    out = DATA / "out"
-    shutil.rmtree(out, ignore_errors=True)
-    script = ("import resource, subprocess, sys, time\n"
-              "t = time.perf_counter()\n"
-              "p = subprocess.run(sys.argv[1:])\n"
-              "print(time.perf_counter() - t, "
-              "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.returncode)\n")
-    cmd = [*ETL, "ingest", str(shard), "--schema", str(SCHEMA), "--out", str(out), "--quiet",
-           "--scheduler", scheduler, "--report", str(DATA / "report.json")]
-    res = subprocess.run([sys.executable, "-c", script, *cmd], capture_output=True, text=True,
-                         cwd=ROOT, check=True)
-    seconds, rss_kb, rc = res.stdout.split()
-    report = json.loads((DATA / "report.json").read_text())
-    return {"shard": shard.name, "compressed_mb": shard.stat().st_size / 1e6,
-            "mb": report["bytes_decompressed"] / 1e6, "seconds": float(seconds),
-            "mb_per_s": report["bytes_decompressed"] / 1e6 / float(seconds),
-            "peak_rss_mb": int(rss_kb) / 1024, "rows": report["rows_written"], "rc": int(rc)}
+def _parquet_glob(out: Path) -> str:
+    return str(out / "*=*" / "*.parquet")  # the partition folders, not _rejects/
+
+
+def output_rows(out: Path, kind: str) -> tuple[int, str | None]:
+    """(rows, content digest) of a step's output: a Parquet folder or a DuckDB file."""
+    import duckdb
+
+    if kind == "load":
+        with duckdb.connect(str(out), read_only=True) as con:
+            return con.execute("SELECT count(*) FROM comments").fetchone()[0], None
+    if not list(out.glob("*=*/*.parquet")):
+        return 0, None
+    with duckdb.connect() as con:
+        rows, digest = con.execute(
+            f"SELECT count(*), sum(hash({DIGEST_COLUMNS})) FROM read_parquet(?)",
+            [_parquet_glob(out)]).fetchone()
+    return rows, str(digest)
+
+
+def _check_etl(step: jobs.Step, rows: int) -> str | None:
+    """etl's own count (report rows_written) must equal the rows found in its Parquet."""
+    written = json.loads(step.report.read_text())["rows_written"]
+    if written != rows:
+        return f"report says rows_written {written:,}, Parquet holds {rows:,}"
+    return None
+
+
+def run_step(step: jobs.Step) -> Result:
+    """Run one step in a fresh output folder; measure it; count what it wrote."""
+    if step.skipped:
+        return Result(step)
+    _remove(step.out)
+    _remove(step.report)
+    m = measure(list(step.argv) if step.argv else None, step.shell, cwd=str(ROOT),
+                env={**os.environ, **step.env})
+    if m.returncode != 0:
+        return Result(step, error=f"failed: exit code {m.returncode}")
+    rows = digest = error = None
+    if step.out is not None:
+        rows, digest = output_rows(step.out, step.kind)
+        if step.kind in ("etl", "etl-variant", "memory"):
+            error = _check_etl(step, rows)
+    return Result(step, m.seconds, m.max_rss_mib, m.tree_mib, rows, digest, error,
+                  m.cpu_seconds, m.others_busy)
+
+
+def run_steps(steps: list[jobs.Step], repeat: int) -> list[Result]:
+    """``repeat`` rounds over all ``steps`` (interleaved, so a noisy spell of the shared
+    machine hits every tool alike); each step keeps its fastest run."""
+    best: dict[int, Result] = {}
+    for round_no in range(1, repeat + 1):
+        for i, step in enumerate(steps):
+            if step.skipped and i in best:
+                continue
+            r = run_step(step)
+            print(_progress_line(r, f"{round_no}/{repeat}"), flush=True)
+            if i not in best or _faster(r, best[i]):
+                best[i] = r
+    return [best[i] for i in range(len(steps))]
+
+
+def _faster(new: Result, old: Result) -> bool:
+    if new.seconds is None:
+        return False
+    return old.seconds is None or new.seconds < old.seconds
+
+
+def _progress_line(r: Result, round_no: str) -> str:
+    if r.seconds is None:
+        return f"{round_no} {r.step.codec:<9} {r.step.tool:<44} {r.error or r.step.note}"
+    speed = f"{r.mb_per_s:7.0f} MB/s" if r.mb_per_s else " " * 12
+    rows = f"{r.rows:>10,} rows" if r.rows is not None else ""
+    return (f"{round_no} {r.step.codec:<9} {r.step.tool:<44} {r.seconds:7.1f} s {speed} "
+            f"{r.cores or 0:4.2f} cores, others {r.others_busy or 0:4.0%} "
+            f"{r.max_rss_mib or 0:6.0f} MiB {rows} {r.error or ''}")
+
+
+def warm(files: list[Path]) -> None:
+    """Read the inputs once, so no tool pays for the disk and the next one for the cache."""
+    for f in files:
+        with open(f, "rb") as fh:
+            while fh.read(8 << 20):
+                pass
+
+
+def _version(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        return "not installed"
+    text = (out.stdout or out.stderr).strip().splitlines()
+    return text[0].strip("* ") if text else "?"
+
+
+def machine_lines() -> list[str]:
+    import duckdb
+    import pyarrow
+
+    try:
+        import polars
+        polars_version = polars.__version__
+    except ImportError:
+        polars_version = "not installed"
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), platform.processor())
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
+    tools = ", ".join(_version([t, "--version"]) for t in ("zstd", "xz", "gzip", "pigz"))
+    bzip2 = re.search(r"Version ([\d.]+)", _version(["bzip2", "--help"]))
+    return [f"- machine: {os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, shared and noisy; "
+            f"Python {platform.python_version()}",
+            f"- DuckDB {duckdb.__version__}, Polars {polars_version}, PyArrow "
+            f"{pyarrow.__version__}; {tools}; bzip2 {bzip2.group(1) if bzip2 else '?'}"]
+
+
+def results_path(ds: data.Dataset) -> Path:
+    return data.DATA / f"results-{ds.name}.json"
+
+
+def save_raw(ds: data.Dataset, results: list[Result]) -> None:
+    raw = [{**asdict(r), "mb_per_s": r.mb_per_s} for r in results]
+    results_path(ds).write_text(json.dumps(raw, indent=1, default=str))
+
+
+def run_full(args) -> list[Result]:
+    ds = data.full_dataset()
+    data.build(ds, four_x=True)
+    work = data.DATA / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    codecs = tuple(args.codecs.split(",")) if args.codecs else ds.codecs
+    results = []
+    for codec in codecs:
+        warm(ds.files(codec))
+        steps = jobs.codec_steps(ds, codec, work, ("limit", "etl", "etl-variant", "duckdb",
+                                                   "polars"))
+        results += run_steps(steps, args.repeat)
+    if not args.no_memory:
+        warm([ds.files("zst")[0], ds.four_x()])
+        results += run_steps(jobs.memory_steps(ds, work), 1)
+    etl_zst = report.etl_of(results, "zst")
+    if not args.no_load and etl_zst is not None:
+        results += run_steps(jobs.load_steps(etl_zst.step.out, work), args.repeat)
+    save_raw(ds, results)
+    text = report.render(ds, results, codecs, machine_lines(), args.repeat)
+    tmp = RESULTS.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, RESULTS)
+    print(f"\nwrote {RESULTS.relative_to(ROOT)}")
+    print("\n".join(report.target_lines(results, codecs)))
+    return results
+
+
+def run_quick(args) -> list[Result]:
+    ds = data.quick_dataset()
+    data.build(ds)
+    work = data.DATA / "work-quick"
+    work.mkdir(parents=True, exist_ok=True)
+    results = []
+    for codec, tools in (("zst", ("etl", "duckdb")), ("xz", ("etl",))):
+        warm(ds.files(codec))
+        steps = jobs.codec_steps(ds, codec, work, tools)
+        if codec == "xz":
+            steps = [s for s in jobs.limit_steps(ds, codec, ds.plain_bytes())
+                     if s.kind == "limit2"] + steps
+        results += run_steps(steps, args.repeat)
+    save_raw(ds, results)
+    print(f"\n{ds.plain_bytes() / 1e6:.0f} MB in {ds.shards} shards, best of {args.repeat}:")
+    print("\n".join(report.quick_lines(results)))
+    return results
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--sizes", default="50000,1600000", help="lines per shard, comma-separated")
-    p.add_argument("--codec", default="zst")
-    p.add_argument("--scheduler", default="synchronous")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="zst and xz on ~220 MB (make bench-quick)")
+    p.add_argument("--repeat", type=int, help="runs per step, fastest kept "
+                   "(default 2; 3 with --quick)")
+    p.add_argument("--codecs", help=f"comma-separated subset of {','.join(data.CODECS)}")
+    p.add_argument("--no-memory", action="store_true", help="skip the 1x/4x memory runs")
+    p.add_argument("--no-load", action="store_true", help="skip the load comparison")
     args = p.parse_args()
-    rows = [measure(make_shard(int(n), args.codec), args.scheduler)
-            for n in args.sizes.split(",")]
-    lines = [f"# Benchmarks ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
-             f"scheduler {args.scheduler})", "",
-             "One shard of generated Reddit comments, reddit_comments.toml schema, one run each "
-             "(the machine is shared and noisy: compare rows of one run).", "",
-             "| shard | compressed MB | uncompressed MB | seconds | MB/s | peak RSS MB | rows |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['shard']} ({args.codec}) | {r['compressed_mb']:.0f} | {r['mb']:.0f} | "
-              f"{r['seconds']:.1f} | {r['mb_per_s']:.0f} | {r['peak_rss_mb']:.0f} | "
-              f"{r['rows']:,} |" for r in rows]
-    (ROOT / "bench" / "RESULTS.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    args.repeat = args.repeat or (3 if args.quick else 2)
+    start = time.monotonic()
+    (run_quick if args.quick else run_full)(args)
+    print(f"\nbench took {time.monotonic() - start:.0f} s")
 
 
 if __name__ == "__main__":

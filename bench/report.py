@@ -1,0 +1,372 @@
+"""Pure: measured results -> ratios, PASS/FAIL against the issue's targets, RESULTS.md text.
+
+Ratios compare throughputs (uncompressed input MB / wall second) measured side by
+side in one run: ``× DuckDB`` is a tool's MB/s over DuckDB's for the same codec
+(DuckDB through a pipe where it cannot read the codec), ``× limit`` is over the
+fastest decompression-only row of that codec (two decompressors at once, or one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.jobs import Step
+
+MB = 1_000_000  # throughput unit: decimal MB of uncompressed input
+# codec -> (what etl's MB/s is divided by, the least ratio that passes)
+SPEED_TARGETS = {
+    "zst": ("duckdb", 1.0), "gz": ("duckdb", 1.0), "none": ("duckdb", 1.0),
+    "xz": ("limit", 0.8), "bz2": ("limit", 0.8), "zst-long": ("duckdb", 2.0),
+}
+RSS_LIMIT_MIB = 1024  # peak memory of an etl run, whole process tree
+WINDOW_MIB = {"zst-long": 2048}  # plus the zstd window the file declares
+GROWTH_LIMIT = 1.10  # peak RSS at 4x input over peak RSS at 1x
+LOAD_TARGET = 0.8  # etl load throughput over DuckDB's own CREATE TABLE AS
+NOISY = 0.15  # others' share of the machine above which a verdict is marked noisy
+JOB_KINDS = ("etl", "etl-variant", "engine")  # steps that run the whole job and write rows
+CODEC_TITLES = {"zst": "zst", "gz": "gz", "none": "plain (none)", "xz": "xz", "bz2": "bz2",
+                "zst-long": "zst --long=31 (2 GiB window)"}
+
+
+@dataclass(frozen=True)
+class Result:
+    """A Step and what running it gave; ``seconds`` is None for a skipped or failed step."""
+
+    step: Step
+    seconds: float | None = None
+    max_rss_mib: float | None = None
+    tree_mib: float | None = None
+    rows: int | None = None
+    digest: str | None = None  # a content hash of the rows written, to compare tools
+    error: str | None = None
+    cpu_seconds: float | None = None  # user + system time of the command's processes
+    others_busy: float | None = None  # share of the machine other processes used meanwhile
+
+    @property
+    def cores(self) -> float | None:
+        """Cores the command kept busy on average."""
+        return self.cpu_seconds / self.seconds if self.seconds and self.cpu_seconds else None
+
+    @property
+    def mb_per_s(self) -> float | None:
+        if not self.seconds or not self.step.bytes_in:
+            return None
+        return self.step.bytes_in / MB / self.seconds
+
+
+def verdict(value: float | None, minimum: float) -> str:
+    """PASS when ``value`` reaches ``minimum``; FAIL otherwise, or when nothing was measured."""
+    return "PASS" if value is not None and value >= minimum else "FAIL"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def _find(results: list[Result], codec: str, kind: str, tool_prefix: str = "") -> Result | None:
+    for r in results:
+        if (r.step.codec == codec and r.step.kind == kind and r.step.tool.startswith(tool_prefix)
+                and r.seconds is not None):
+            return r
+    return None
+
+
+def duckdb_of(results: list[Result], codec: str) -> Result | None:
+    return _find(results, codec, "engine", "duckdb")
+
+
+def etl_of(results: list[Result], codec: str) -> Result | None:
+    return _find(results, codec, "etl")
+
+
+def limit_of(results: list[Result], codec: str) -> float | None:
+    """The 2-core decompression-only MB/s of ``codec``: the fastest limit row.
+
+    One-core rows count too: two cores can always do what one does, and on a busy
+    machine two decompressors at once can come out slower than one alone.
+    """
+    speeds = [r.mb_per_s for r in results if r.step.codec == codec
+              and r.step.kind in ("limit1", "limit2") and r.mb_per_s]
+    return max(speeds, default=None)
+
+
+def speed_ratio(results: list[Result], codec: str) -> float | None:
+    """etl's ratio for the codec's target: over DuckDB or over the 2-core limit."""
+    against, _ = SPEED_TARGETS[codec]
+    etl = etl_of(results, codec)
+    base = limit_of(results, codec) if against == "limit" else \
+        (duckdb_of(results, codec).mb_per_s if duckdb_of(results, codec) else None)
+    return ratio(etl.mb_per_s if etl else None, base)
+
+
+def _limit_result(results: list[Result], codec: str) -> Result | None:
+    best = limit_of(results, codec)
+    return next((r for r in results if r.step.codec == codec
+                 and r.step.kind in ("limit1", "limit2") and r.mb_per_s == best), None)
+
+
+def noise(results: list[Result], codec: str) -> float:
+    """The most other processes took of the machine during the runs a codec's ratio uses."""
+    against, _ = SPEED_TARGETS[codec]
+    ref = _limit_result(results, codec) if against == "limit" else duckdb_of(results, codec)
+    return max((r.others_busy or 0.0 for r in (etl_of(results, codec), ref) if r), default=0.0)
+
+
+def noisy_note(share: float) -> str:
+    return f" (noisy: other processes used {share:.0%} of the machine)" if share > NOISY else ""
+
+
+def rss_limit(codec: str) -> float:
+    return RSS_LIMIT_MIB + WINDOW_MIB.get(codec, 0)
+
+
+def _num(value: float | None, fmt: str = "{:.1f}") -> str:
+    return "—" if value is None else fmt.format(value)
+
+
+def _times(value: float | None) -> str:
+    return _num(value, "{:.2f}×")
+
+
+def _same_rows(r: Result, etl: Result | None) -> str:
+    if r.rows is None or r.step.kind.startswith("limit"):
+        return "—"
+    if etl is None or etl.rows is None or r is etl:
+        return f"{r.rows:,}"
+    if r.rows != etl.rows:
+        return f"{r.rows:,} (≠ etl)"
+    if r.digest and etl.digest and r.digest != etl.digest:
+        return f"{r.rows:,} (same count, other content)"
+    return f"{r.rows:,} (= etl)"
+
+
+def _row(r: Result, results: list[Result]) -> str:
+    codec = r.step.codec
+    duck, etl, limit = duckdb_of(results, codec), etl_of(results, codec), limit_of(results, codec)
+    to_duck = _times(ratio(r.mb_per_s, duck.mb_per_s if duck else None))
+    to_limit = _times(ratio(r.mb_per_s, limit))
+    tree = _num(r.tree_mib, "{:.0f}")
+    if r is etl:
+        against, minimum = SPEED_TARGETS[codec]
+        mark = f" **{verdict(speed_ratio(results, codec), minimum)}** (≥ {minimum})"
+        to_duck, to_limit = (to_duck + mark, to_limit) if against == "duckdb" else \
+            (to_duck, to_limit + mark)
+        tree += f" {'PASS' if (r.tree_mib or 0) <= rss_limit(codec) else '**FAIL**'}"
+    note = r.error or r.step.note
+    busy = _num(r.others_busy * 100 if r.others_busy is not None else None, "{:.0f}%")
+    return (f"| {r.step.tool} | {_num(r.seconds)} | {_num(r.mb_per_s, '{:.0f}')} | {to_duck} | "
+            f"{to_limit} | {_num(r.cores, '{:.2f}')} | {busy} | "
+            f"{_num(r.max_rss_mib, '{:.0f}')} | {tree} | {_same_rows(r, etl)} | {note} |")
+
+
+CODEC_HEADER = ["| tool | seconds | MB/s | × DuckDB | × 2-core limit | cores used | others' "
+                "load | peak RSS MiB, largest process | peak MiB, whole tree (PSS) | "
+                "rows written | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+
+def codec_table(results: list[Result], codec: str) -> list[str]:
+    """The markdown table of one codec, rows in run order."""
+    mine = [r for r in results if r.step.codec == codec and r.step.kind in
+            ("limit1", "limit2", "etl", "etl-variant", "engine")]
+    return [f"### {CODEC_TITLES.get(codec, codec)}", "", *CODEC_HEADER,
+            *(_row(r, results) for r in mine), ""]
+
+
+def memory_check(results: list[Result]) -> tuple[Result, Result, float | None] | None:
+    """(1x run, 4x run, growth of the largest process's peak RSS) when both ran."""
+    runs = [r for r in results if r.step.kind == "memory" and r.seconds is not None]
+    if len(runs) < 2:
+        return None
+    return runs[0], runs[1], ratio(runs[1].max_rss_mib, runs[0].max_rss_mib)
+
+
+def load_check(results: list[Result]) -> tuple[Result, Result, float | None] | None:
+    """(etl load, DuckDB CTAS, etl's throughput over DuckDB's) when both ran."""
+    runs = [r for r in results if r.step.kind == "load" and r.seconds is not None]
+    if len(runs) < 2:
+        return None
+    etl, own = runs
+    return etl, own, ratio(own.seconds, etl.seconds)
+
+
+def target_lines(results: list[Result], codecs: tuple[str, ...]) -> list[str]:
+    """One markdown row per target: what, measured, PASS/FAIL."""
+    rows = []
+    for codec in codecs:
+        against, minimum = SPEED_TARGETS[codec]
+        value = speed_ratio(results, codec)
+        what = "DuckDB" + (" through a pipe" if codec not in ("zst", "gz", "none") else "") \
+            if against == "duckdb" else "the 2-core decompression limit"
+        rows.append((f"{CODEC_TITLES[codec]}: etl ≥ {minimum}× {what}", _times(value),
+                     verdict(value, minimum) + noisy_note(noise(results, codec))))
+    for codec in codecs:
+        etl = etl_of(results, codec)
+        if etl is not None:
+            rows.append((f"{codec}: etl peak memory (whole tree) ≤ {rss_limit(codec):.0f} MiB",
+                         f"{etl.tree_mib:.0f} MiB",
+                         "PASS" if etl.tree_mib <= rss_limit(codec) else "FAIL"))
+    rows += _memory_and_load_targets(results)
+    rows.append(("rows written identical across tools", *_rows_agree(results)))
+    lines = ["| target | measured | result |", "|---|---|---|"]
+    return lines + [f"| {a} | {b} | {c.replace('FAIL', '**FAIL**', 1)} |" for a, b, c in rows]
+
+
+def _memory_and_load_targets(results: list[Result]) -> list[tuple[str, str, str]]:
+    rows = []
+    mem = memory_check(results)
+    if mem:
+        one, four, growth = mem
+        rows.append((f"etl peak RSS at 4× input within {GROWTH_LIMIT - 1:.0%} of 1×",
+                     f"{one.max_rss_mib:.0f} → {four.max_rss_mib:.0f} MiB ({_times(growth)})",
+                     "PASS" if growth is not None and growth <= GROWTH_LIMIT else "FAIL"))
+    load = load_check(results)
+    if load:
+        rows.append((f"DuckDB load ≥ {LOAD_TARGET}× CREATE TABLE AS", _times(load[2]),
+                     verdict(load[2], LOAD_TARGET)))
+    return rows
+
+
+def _rows_agree(results: list[Result]) -> tuple[str, str]:
+    bad = []
+    for r in results:
+        etl = etl_of(results, r.step.codec)
+        if r.step.kind not in JOB_KINDS or r.rows is None or etl is None:
+            continue
+        if r.rows != etl.rows or (r.digest and etl.digest and r.digest != etl.digest):
+            bad.append(f"{r.step.codec}/{r.step.tool}")
+    checked = sum(r.step.kind in JOB_KINDS and r.rows is not None for r in results)
+    if bad:
+        return f"differ: {', '.join(bad)}", "FAIL"
+    return f"{checked} runs agree (count and content)", "PASS" if checked else "FAIL"
+
+
+def memory_lines(results: list[Result]) -> list[str]:
+    mem = memory_check(results)
+    if not mem:
+        return ["(not run)"]
+    lines = ["| run | input MB | seconds | MB/s | peak RSS MiB, largest process | "
+             "peak MiB, whole tree (PSS) | rows written |", "|---|---|---|---|---|---|---|"]
+    for r in mem[:2]:
+        lines.append(f"| {r.step.tool} | {r.step.bytes_in / MB:,.0f} | {r.seconds:.1f} | "
+                     f"{_num(r.mb_per_s, '{:.0f}')} | {r.max_rss_mib:.0f} | {r.tree_mib:.0f} | "
+                     f"{_num(r.rows, '{:,}')} |")
+    growth = mem[2]
+    lines += ["", f"4× over 1× (largest process): {_times(growth)} "
+              f"**{'PASS' if growth is not None and growth <= GROWTH_LIMIT else 'FAIL'}** "
+              f"(≤ {GROWTH_LIMIT}×)"]
+    return lines
+
+
+def load_lines(results: list[Result]) -> list[str]:
+    load = load_check(results)
+    lines = ["| load | seconds | rows | rows/s | × CREATE TABLE AS | peak RSS MiB | note |",
+             "|---|---|---|---|---|---|---|"]
+    if load:
+        etl, own, value = load
+        for r, cell in ((etl, f"{_times(value)} **{verdict(value, LOAD_TARGET)}** "
+                              f"(≥ {LOAD_TARGET})"), (own, "1.00×")):
+            rate = r.rows / r.seconds if r.rows else None
+            lines.append(f"| {r.step.tool} | {r.seconds:.1f} | {_num(r.rows, '{:,}')} | "
+                         f"{_num(rate, '{:,.0f}')} | {cell} | {r.max_rss_mib:.0f} | "
+                         f"{r.error or r.step.note} |")
+    lines += ["| etl load → Postgres vs `psql \\copy` of the same rows as CSV | — | — | — | — | "
+              "— | skipped in this first version: no Postgres server runs here |",
+              "| spooler: 8 ncat clients vs `socat` to a file (MB/s, lines/s) | — | — | — | — | "
+              "— | **TODO**: the spooler is being written |"]
+    return lines
+
+
+def quick_lines(results: list[Result]) -> list[str]:
+    """The ``--quick`` summary: zst over DuckDB, xz over the 2-core limit."""
+    out = []
+    for codec in ("zst", "xz"):
+        against, minimum = SPEED_TARGETS[codec]
+        etl = etl_of(results, codec)
+        base = duckdb_of(results, codec) if against == "duckdb" else None
+        base_speed = base.mb_per_s if base else limit_of(results, codec)
+        value = speed_ratio(results, codec)
+        out.append(f"{codec}: etl {_num(etl.mb_per_s if etl else None, '{:.0f}')} MB/s vs "
+                   f"{'DuckDB' if against == 'duckdb' else '2-core decompression'} "
+                   f"{_num(base_speed, '{:.0f}')} MB/s = {_times(value)} "
+                   f"{verdict(value, minimum)} (target ≥ {minimum}×)"
+                   f"{noisy_note(noise(results, codec))}")
+    return out
+
+
+def notes_lines(results: list[Result], codecs: tuple[str, ...]) -> list[str]:
+    """Sentences computed from the numbers: how many cores etl used, what the variants gave."""
+    lines = []
+    etl, mem = etl_of(results, "zst"), memory_check(results)
+    if etl and mem and mem[0].mb_per_s:
+        lines.append(f"- Cores: etl on 4 zst shards with the processes scheduler kept "
+                     f"{_num(etl.cores, '{:.2f}')} cores busy and ran at {etl.mb_per_s:.0f} MB/s; "
+                     f"synchronous on one shard {mem[0].mb_per_s:.0f} MB/s: "
+                     f"{etl.mb_per_s / mem[0].mb_per_s:.2f}× one core (2 cores would give up "
+                     "to 2×).")
+    for codec in codecs:
+        base = etl_of(results, codec)
+        for r in results:
+            if r.step.kind == "etl-variant" and r.step.codec == codec and base and r.mb_per_s:
+                gain = r.mb_per_s / base.mb_per_s
+                target = speed_ratio(results, codec)
+                lines.append(f"- {codec}: {r.step.tool}: {r.mb_per_s:.0f} MB/s, {gain:.2f}× "
+                             f"etl as it is; {_times(target * gain if target else None)} on "
+                             f"its target (≥ {SPEED_TARGETS[codec][1]}×).")
+    return lines
+
+
+def dataset_lines(ds, codecs: tuple[str, ...]) -> list[str]:
+    """Sizes of the inputs: one row per codec (``ds`` is a bench.data.Dataset)."""
+    from bench.data import describe
+
+    lines = ["| codec | files | compressed MB | uncompressed MB | ratio |", "|---|---|---|---|---|"]
+    for codec, size, factor in describe(ds):
+        if codec in codecs:
+            lines.append(f"| {CODEC_TITLES[codec]} | {ds.shards} | {size / MB:,.0f} | "
+                         f"{ds.plain_bytes() / MB:,.0f} | {factor:.1f} |")
+    return lines
+
+
+def pass_rate(results: list[Result], lines: int) -> str:
+    etl = next((r for r in results if r.step.kind == "etl" and r.rows), None)
+    return f"{etl.rows:,} of {lines:,} rows pass ({etl.rows / lines:.1%})" if etl else "—"
+
+
+def render(ds, results: list[Result], codecs: tuple[str, ...], machine: list[str],
+           repeat: int) -> str:
+    """The whole of RESULTS.md."""
+    import time
+
+    runs = "one run per step" if repeat == 1 else f"fastest of {repeat} runs per step"
+    parts = [
+        f"# Benchmarks ({time.strftime('%Y-%m-%d %H:%M')}, `python bench/run.py`)", "",
+        *machine, "",
+        "Job (bench/bench_schema.toml, the same in every tool): keep 20 subreddits, project and "
+        "type 6 columns (created_utc from int, float or numeric string), write zstd Parquet in "
+        f"`created_utc_date=` folders. {pass_rate(results, ds.lines)}: the 20 names are "
+        "etl.sample's ranks 7-26, the top 6 skipped.", "",
+        f"Data: `etl sample --bad-rate 0 --seed 1`, {ds.lines:,} lines in {ds.shards} shards, "
+        "compressed by the real tools (bench/data.py):", "",
+        *dataset_lines(ds, codecs), "",
+        f"All steps ran one after another in this one run ({runs}). MB/s = uncompressed input "
+        "MB / wall seconds. × DuckDB: over DuckDB's MB/s for the same codec (through a pipe "
+        "where it cannot read the codec). × 2-core limit: over the fastest decompression-only "
+        "row of the codec, output to /dev/null (two decompressors at once over alternate "
+        "shards, or one alone when a busy machine made that faster). Peak RSS: the largest "
+        "single process (`ru_maxrss` of the reaped children); whole tree: the peak of the "
+        "summed PSS of every process of the command, "
+        "sampled every 0.2 s (the memory targets are judged on it). Cores used: the command's "
+        "user + system CPU seconds over its wall seconds. Others' load: the share of both "
+        "cores that other processes of this shared machine kept busy meanwhile (from "
+        f"/proc/stat); a verdict whose runs saw more than {NOISY:.0%} says so. Rows written "
+        "are counted in the Parquet output and compared with etl's, count and a content "
+        "hash.", "",
+        "## Targets", "", *target_lines(results, codecs), "",
+        "## Ingest, per codec", "",
+    ]
+    for codec in codecs:
+        parts += codec_table(results, codec)
+    parts += ["## Memory: etl at 1× and 4× input (zst, synchronous scheduler)", "",
+              *memory_lines(results), "", "## Loading", "", *load_lines(results), "",
+              "## Notes", "", *notes_lines(results, codecs), ""]
+    return "\n".join(parts)
