@@ -31,11 +31,9 @@ DECOMPRESS = {
 }
 # faster stand-ins measured too when installed; the limit is the fastest 2-core row
 ALTERNATIVES = {"gz": ("pigz", "pigz -dc")}
-# extra etl rows, shown but not judged: how etl does with a setting changed by environment.
-# Dask's processes scheduler hands out ready tasks in chunks of 6 by default, so 4 shards
-# all go to one worker; DASK_CHUNKSIZE=1 gives each worker its own shard. Drop the entry
-# once etl/pipeline.py passes chunksize=1 itself.
-ETL_VARIANTS: dict[str, dict[str, str]] = {}  # extra etl rows: name -> environment
+# extra etl rows, shown but not judged: how etl does with a setting changed by environment
+# (name -> environment), e.g. {"etl, threads": {"ETL_SCHEDULER": "threads"}}
+ETL_VARIANTS: dict[str, dict[str, str]] = {}
 DUCKDB_READS = {"zst", "gz", "none"}  # codecs read_ndjson opens itself
 POLARS_READS = {"zst", "gz", "none"}
 NOT_READ = {
