@@ -28,13 +28,19 @@ def test_lock_is_exclusive_and_says_who_holds_it(tmp_path):
         pass
 
 
-def test_a_killed_holder_does_not_block(tmp_path):
+def hold_lock(out, seconds: float) -> subprocess.Popen:
+    """Another process holding the run lock of ``out`` for ``seconds``."""
     holder = subprocess.Popen([sys.executable, "-c",
-                               "import sys, time; from etl.lock import run_lock\n"
-                               f"with run_lock({str(tmp_path)!r}):\n"
-                               "    print('locked', flush=True); time.sleep(60)"],
+                               "import time; from etl.lock import run_lock\n"
+                               f"with run_lock({str(out)!r}):\n"
+                               f"    print('locked', flush=True); time.sleep({seconds})"],
                               stdout=subprocess.PIPE, cwd=ROOT)
     assert holder.stdout.readline().strip() == b"locked"
+    return holder
+
+
+def test_a_killed_holder_does_not_block(tmp_path):
+    holder = hold_lock(tmp_path, 60)
     with pytest.raises(Busy):
         with run_lock(str(tmp_path)):
             pass
@@ -47,12 +53,7 @@ def test_a_killed_holder_does_not_block(tmp_path):
 def test_overlapping_run_exits_0_or_waits(tmp_path):
     shard = write_shard(tmp_path, "a.zst", sample_bytes(500, seed=1), "zst")
     out = tmp_path / "out"
-    holder = subprocess.Popen([sys.executable, "-c",
-                               "import time; from etl.lock import run_lock\n"
-                               f"with run_lock({str(out)!r}):\n"
-                               "    print('locked', flush=True); time.sleep(3)"],
-                              stdout=subprocess.PIPE, cwd=ROOT)
-    assert holder.stdout.readline().strip() == b"locked"
+    holder = hold_lock(out, 3)
     busy = run_etl("ingest", shard, "--schema", COMMENTS, "--out", out, check=0)
     assert b"another run is in progress" in busy.stderr
     assert not (out / "_manifest").exists()
