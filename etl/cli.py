@@ -93,6 +93,10 @@ def _ingest_args(p: argparse.ArgumentParser) -> None:
                         "(default: $ETL_SCHEDULER, else processes on 2+ cores)")
     p.add_argument("--batch-mb", type=float, default=8.0,
                    help="uncompressed MB per line batch (bounds memory per worker; default 8)")
+    p.add_argument("--part-mb", type=float, default=128.0,
+                   help="cut a big shard that can split (plain, multi-frame zstd, multi-block "
+                        "xz, bgzip) into parts of about this many compressed MB, run in "
+                        "parallel; 0 never splits (default 128)")
     p.add_argument("--force", action="store_true", help="redo shards already finished")
     p.add_argument("--stdin-name", default="stdin",
                    help="identity of '-' (output file names derive from it; default stdin)")
@@ -156,7 +160,7 @@ def _ingest_once(args) -> int:
     cfg = IngestConfig(schema=load_schema(args.schema), out=args.out,
                        scheduler=args.scheduler or default_scheduler(),
                        batch_bytes=int(args.batch_mb * (1 << 20)), force=args.force,
-                       stdin_name=args.stdin_name,
+                       stdin_name=args.stdin_name, part_bytes=int(args.part_mb * (1 << 20)),
                        progress=not args.quiet and sys.stderr.isatty())
     report = run_ingest(args.inputs, cfg)
     code = exit_code(report)

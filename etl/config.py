@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from etl.schema import Schema
 from etl.shards import BATCH_BYTES
+from etl.split import PART_BYTES
 
 SCHEDULERS = ("synchronous", "threads", "processes")
 
@@ -29,6 +30,8 @@ class IngestConfig:
     force : redo shards the manifest says are finished and unchanged.
     stdin_name : the identity of ``-`` (output names derive from it).
     progress : draw a progress bar on standard error.
+    part_bytes : a shard that can split (``etl.split``) is cut into parts of about this
+        many compressed bytes, run in parallel; 0 never splits.
     """
 
     schema: Schema
@@ -38,6 +41,7 @@ class IngestConfig:
     force: bool = False
     stdin_name: str = "stdin"
     progress: bool = True
+    part_bytes: int = PART_BYTES
 
     def __post_init__(self):
         from etl.errors import ConfigError
@@ -48,3 +52,5 @@ class IngestConfig:
                               "or a distributed address like tcp://HOST:8786")
         if self.batch_bytes < 1024:
             raise ConfigError(f"batch size {self.batch_bytes} bytes is too small (min 1024)")
+        if self.part_bytes < 0:
+            raise ConfigError(f"part size {self.part_bytes} bytes is negative (0: never split)")

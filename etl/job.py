@@ -22,6 +22,7 @@ from etl.errors import EtlError, ShardError
 from etl.parse import BatchResult, Parser
 from etl.shards import (Shard, fingerprint, iter_chunks, iter_line_batches, open_shard,
                         stat_shard)
+from etl.split import Part, part_chunks
 
 PROGRESS_DIR = "_progress"
 PROGRESS_EVERY = 0.5  # seconds between progress file updates of one shard
@@ -88,23 +89,17 @@ def _unchanged(prev: dict | None, shard: Shard, fp: str | None) -> bool:
 
 
 def _run(shard: Shard, cfg: IngestConfig, start: float) -> dict:
-    parser = Parser(cfg.schema)
-    writer = parquet.ShardWriter(cfg.out, shard.id, parser.arrow_schema, cfg.schema.partition_by,
-                                 cfg.schema.partition_column)
-    rejects = parquet.RejectWriter(cfg.out, shard.id, shard.path)
-    rec = empty_record(shard, "ok")
-    reasons: Counter = Counter()
     counter = [0]
-    progress = _Progress(cfg.out, shard.id, cfg.progress)
     try:
-        with open_shard(shard) as fh:
-            for batch in iter_line_batches(iter_chunks(fh, shard.path, counter), cfg.batch_bytes):
-                res = parser.parse_batch(batch)
-                writer.write(res.table)
-                rejects.write(res.rejects)
-                _add(rec, res, batch)
-                reasons.update(res.rejects_by_reason)
-                progress.update(counter[0], rec["lines"])
+        fh = open_shard(shard)
+    except Exception as exc:
+        return _failed(shard, empty_record(shard, "ok"), exc, start)
+    with fh:
+        chunks = iter_chunks(fh, shard.path, counter)
+        rec, writer, rejects = _stream(shard, shard.id, None, chunks, counter, cfg, start)
+        if rec["status"] != "ok":
+            return rec
+    try:
         _check_whole(shard, counter[0])
         rec["files"] = writer.commit()
         rec["rejects_file"] = rejects.commit()
@@ -112,11 +107,120 @@ def _run(shard: Shard, cfg: IngestConfig, start: float) -> dict:
         writer.abort()
         rejects.abort()
         return _failed(shard, rec, exc, start)
+    return rec
+
+
+def _stream(shard: Shard, ident: str, part: int | None, chunks, counter: list[int],
+            cfg: IngestConfig, start: float):
+    """Parse ``chunks`` into unpublished Parquet and rejects; (record, writer, rejects)."""
+    parser = Parser(cfg.schema)
+    writer = parquet.ShardWriter(cfg.out, shard.id, parser.arrow_schema, cfg.schema.partition_by,
+                                 cfg.schema.partition_column, part)
+    rejects = parquet.RejectWriter(cfg.out, shard.id, shard.path, part)
+    rec = empty_record(shard, "ok")
+    reasons: Counter = Counter()
+    progress = _Progress(cfg.out, ident, cfg.progress)
+    try:
+        for batch in iter_line_batches(chunks, cfg.batch_bytes):
+            res = parser.parse_batch(batch)
+            writer.write(res.table)
+            rejects.write(res.rejects)
+            _add(rec, res, batch)
+            reasons.update(res.rejects_by_reason)
+            progress.update(counter[0], rec["lines"])
+        writer.close()
+        rejects.close()
+    except Exception as exc:  # any failure fails this shard only, and publishes nothing
+        writer.abort()
+        rejects.abort()
+        return _failed(shard, rec, exc, start), writer, rejects
     finally:
         progress.close(counter[0], rec["lines"])
     rec.update(bytes_in=counter[0], rejects_by_reason=dict(reasons),
                seconds=round(time.monotonic() - start, 3))
+    return rec, writer, rejects
+
+
+# ---------------------------------------------------------------- one shard in parts
+
+def prepare_parts(shard: Shard, parts: list[Part], cfg: IngestConfig) -> dict | None:
+    """Before the parts run: the skipped record if the shard is done, else None (forgotten)."""
+    try:
+        fp = fingerprint(shard)
+    except EtlError as exc:
+        return empty_record(shard, "failed", str(exc))
+    prev = parquet.read_manifest(cfg.out, shard.id)
+    if not cfg.force and _unchanged(prev, shard, fp):
+        return skipped_record(shard, prev)
+    parquet.forget_manifest(cfg.out, shard.id)
+    return None
+
+
+def process_part(part: Part, cfg: IngestConfig) -> dict:
+    """Ingest one part of a split shard into unpublished files; its record for finish_parts."""
+    start = time.monotonic()
+    counter, owned = [0], [0]
+    try:
+        chunks = part_chunks(part, counter, owned)
+        rec, writer, rejects = _stream(part.shard, part.id, part.index, chunks, counter, cfg,
+                                       start)
+    except Exception as exc:  # opening failed
+        rec, writer, rejects = _failed(part.shard, empty_record(part.shard, "ok"), exc, start), \
+            None, None
+    rec.update(part=part.index, parts=part.count, owned_bytes=owned[0])
+    if rec["status"] != "ok":
+        rec["error"] = f"{rec['error']} (part {part.index + 1} of {part.count}, file bytes " \
+                       f"{part.span[0]}-{part.span[1]})"
+    else:
+        rec["temp_files"] = writer.finished()
+        rec["temp_rejects"] = rejects.finished()
     return rec
+
+
+def finish_parts(shard: Shard, recs: list[dict], cfg: IngestConfig, start: float) -> dict:
+    """All parts ok: publish their files, rejects with global line numbers, the manifest."""
+    recs = sorted(recs, key=lambda r: r["part"])
+    failed = [r for r in recs if r["status"] != "ok"]
+    rec = empty_record(shard, "ok")
+    for r in recs:
+        for k in COUNTS + ("bytes_in", "bytes_decompressed"):
+            rec[k] += r[k]
+        rec["rejects_by_reason"] = dict(Counter(rec["rejects_by_reason"])
+                                        + Counter(r["rejects_by_reason"]))
+    try:
+        if failed:
+            raise PartFailed(failed[0]["error"])
+        _check_whole(shard, shard.size)
+        fp = fingerprint(shard)
+        done = [f for r in recs for f in r["temp_files"]]
+        rec["files"] = parquet.publish(cfg.out, shard.id, done)
+        line_base, byte_base, pieces = 0, 0, []
+        for r in recs:
+            if r["temp_rejects"]:
+                pieces.append((r["temp_rejects"], line_base, byte_base))
+            line_base += r["lines"]
+            byte_base += r["owned_bytes"]
+        rec["rejects_file"] = parquet.merge_rejects(cfg.out, shard.id, pieces)
+        rec["fingerprint"], rec["bytes_in"] = fp, shard.size  # every byte was some part's
+        rec["seconds"] = round(time.monotonic() - start, 3)
+        parquet.write_manifest(cfg.out, shard.id, rec)
+    except Exception as exc:
+        parquet.discard_parts(cfg.out, shard.id)
+        parquet.remove_shard_files(cfg.out, shard.id)
+        read = sum(r.get("lines", 0) for r in recs)
+        rec = _failed(shard, rec, exc, start)
+        if isinstance(exc, PartFailed):
+            rec["error"] = f"{exc}; nothing of the shard is published"
+        rec["lines_read"] = read
+        try:
+            parquet.write_manifest(cfg.out, shard.id, rec)
+        except OSError:
+            pass
+    return rec
+
+
+class PartFailed(Exception):
+    """A part of a split shard failed: the shard fails with the part's message."""
 
 
 def _check_whole(shard: Shard, bytes_read: int) -> None:

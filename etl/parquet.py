@@ -53,8 +53,9 @@ class ShardWriter:
     """Streams one shard's typed tables into per-date Parquet files; commit() publishes."""
 
     def __init__(self, out: str, shard_id: str, schema: pa.Schema, partition_by: str | None,
-                 partition_column: str | None):
+                 partition_column: str | None, part: int | None = None):
         self.out, self.shard_id, self.schema = Folder(out), shard_id, schema
+        self.prefix = shard_id if part is None else f"{shard_id}-p{part:04d}"
         self.partition_by, self.partition_column = partition_by, partition_column
         self._buffers: dict[str, list[pa.Table]] = {}
         self._buffered = 0
@@ -105,7 +106,7 @@ class ShardWriter:
             self._close(next(iter(self._open)))
 
     def _new_file(self, date: str) -> _DateFile:
-        name = f"{self.shard_id}-{self._seq:06d}.parquet"
+        name = f"{self.prefix}-{self._seq:06d}.parquet"
         final = self.out.join(f"{self.partition_column}={date}", name) if date \
             else self.out.join(name)
         self.out.makedirs(os.path.dirname(final))
@@ -118,16 +119,21 @@ class ShardWriter:
         self._done.append((f.final, f.rows))  # first: if closing fails, abort() removes it
         f.writer.close()
 
-    def commit(self) -> list[dict]:
-        """Flush everything, remove this shard's earlier files, rename the new ones in."""
+    def close(self) -> None:
+        """Flush everything into the temporary files and close them."""
         for date in list(self._buffers):
             self._flush(date)
         for date in list(self._open):
             self._close(date)
-        _remove_shard_files(self.out, self.shard_id)
-        for final, _ in self._done:
-            self.out.replace(_tmp(final), final)
-        return [{"path": self.out.rel(p), "rows": n} for p, n in self._done]
+
+    def finished(self) -> list[tuple[str, int]]:
+        """(final path, rows) of every file written, still under its temporary name."""
+        return list(self._done)
+
+    def commit(self) -> list[dict]:
+        """Flush everything, remove this shard's earlier files, rename the new ones in."""
+        self.close()
+        return publish(self.out, self.shard_id, self._done)
 
     def abort(self) -> None:
         """Close and delete everything written so far; nothing is published."""
@@ -162,19 +168,71 @@ def remove_shard_files(out: str, shard_id: str) -> None:
     folder.remove(folder.join(REJECTS_DIR, f"{shard_id}.parquet"))
 
 
+def publish(out: str | Folder, shard_id: str, done: list[tuple[str, int]]) -> list[dict]:
+    """Remove the shard's earlier files, then rename ``done`` from temporary to final names."""
+    folder = out if isinstance(out, Folder) else Folder(out)
+    _remove_shard_files(folder, shard_id)
+    for final, _ in done:
+        folder.replace(_tmp(final), final)
+    return [{"path": folder.rel(p), "rows": n} for p, n in done]
+
+
+SEQ = "[0-9]" * 6
+PART = "p" + "[0-9]" * 4
+
+
 def _remove_shard_files(out: Folder, shard_id: str) -> None:
-    name = f"{glob.escape(shard_id)}-[0-9][0-9][0-9][0-9][0-9][0-9].parquet"
+    _remove(out, f"{glob.escape(shard_id)}-{SEQ}.parquet",
+            f"{glob.escape(shard_id)}-{PART}-{SEQ}.parquet")
+
+
+def _remove(out: Folder, *names: str) -> None:
     root = glob.escape(out.root)
-    for p in out.glob(posixpath.join(root, "*", name)) + out.glob(posixpath.join(root, name)):
-        out.remove(p)
+    for name in names:
+        for p in out.glob(posixpath.join(root, "*", name)) + out.glob(posixpath.join(root, name)):
+            out.remove(p)
+
+
+def discard_parts(out: str, shard_id: str) -> None:
+    """Delete the temporary files the parts of a split shard left (a part failed)."""
+    sid = glob.escape(shard_id)
+    _remove(Folder(out), f".{sid}-{PART}-{SEQ}.parquet.tmp",
+            posixpath.join(REJECTS_DIR, f".{sid}.{PART}.parquet.tmp"))
+
+
+def merge_rejects(out: str, shard_id: str, pieces: list[tuple[str, int, int]]) -> str | None:
+    """One rejects file from the parts' (temporary file, lines before, bytes before)."""
+    folder = Folder(out)
+    final = folder.join(REJECTS_DIR, f"{shard_id}.parquet")
+    if not pieces:
+        folder.remove(final)
+        return None
+    writer = _new_writer(folder, _tmp(final), REJECT_SCHEMA)
+    try:
+        for path, lines, offset in pieces:
+            for batch in pq.ParquetFile(path, filesystem=folder.arrow_fs).iter_batches():
+                cols = {n: batch.column(n) for n in REJECT_SCHEMA.names}
+                cols["line_no"] = pc.add(cols["line_no"], lines)
+                cols["offset"] = pc.add(cols["offset"], offset)
+                writer.write_table(pa.table(cols, schema=REJECT_SCHEMA))
+        writer.close()
+    except BaseException:
+        _close_quietly(writer)
+        folder.remove(_tmp(final))
+        raise
+    folder.replace(_tmp(final), final)
+    for path, _, _ in pieces:
+        folder.remove(path)
+    return folder.rel(final)
 
 
 class RejectWriter:
     """Streams rejected lines of one shard into ``_rejects/<shard id>.parquet``."""
 
-    def __init__(self, out: str, shard_id: str, shard_path: str):
+    def __init__(self, out: str, shard_id: str, shard_path: str, part: int | None = None):
         self.out = Folder(out)
-        self.final = self.out.join(REJECTS_DIR, f"{shard_id}.parquet")
+        name = shard_id if part is None else f"{shard_id}.p{part:04d}"
+        self.final = self.out.join(REJECTS_DIR, f"{name}.parquet")
         self.shard_path = shard_path
         self._writer: pq.ParquetWriter | None = None
         self.count = 0
@@ -194,11 +252,19 @@ class RejectWriter:
         self._writer.write_table(pa.table(cols, schema=REJECT_SCHEMA))
         self.count += len(rejects)
 
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+    def finished(self) -> str | None:
+        """The temporary file written (closed), or None when no line was rejected."""
+        return None if self._writer is None else _tmp(self.final)
+
     def commit(self) -> str | None:
+        self.close()
         if self._writer is None:
             self.out.remove(self.final)
             return None
-        self._writer.close()
         self.out.replace(_tmp(self.final), self.final)
         return self.out.rel(self.final)
 

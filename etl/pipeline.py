@@ -19,18 +19,20 @@ import dask.bag as db
 
 from etl.config import IngestConfig
 from etl.errors import ConfigError
-from etl.job import process_shard, quick_skip
+from etl import split
+from etl.job import finish_parts, prepare_parts, process_part, process_shard, quick_skip
 from etl.parse import Parser
 from etl.report import ProgressBar, build_report
 from etl.schema import Schema
 from etl.storage import Folder
 from etl.shards import Shard, find_shards, iter_chunks, iter_line_batches, open_shard
+from etl.split import Part
 
 log = logging.getLogger("etl")
 
 
-def shard_bag(shards: list[Shard]) -> db.Bag:
-    """One partition per shard, biggest first so the long ones start early."""
+def shard_bag(shards: list[Shard] | list[Shard | Part]) -> db.Bag:
+    """One partition per shard (or part), biggest first so the long ones start early."""
     ordered = sorted(shards, key=lambda s: -(s.size or 0))
     return db.from_sequence(ordered, npartitions=max(len(ordered), 1))
 
@@ -70,6 +72,29 @@ def _compute(bag: db.Bag, scheduler: str, announce: bool = False) -> list[dict]:
         return client.compute(bag).result()
 
 
+def _plan(files: list[Shard], cfg: IngestConfig, records: list[dict]):
+    """The tasks: whole shards, and the parts of big ones that split; skipped ones to records."""
+    items, split_shards = [], {}
+    for shard in files:
+        parts = split.plan(shard, cfg.part_bytes)
+        if parts is None:
+            items.append(shard)
+            continue
+        skipped = prepare_parts(shard, parts, cfg)
+        if skipped:
+            records.append(skipped)
+            continue
+        log.info("%s: %d parts of about %d MB, in parallel", shard.path, len(parts),
+                 parts[0].size >> 20)
+        items += parts
+        split_shards[shard.path] = shard
+    return items, split_shards
+
+
+def _process(item: Shard | Part, cfg: IngestConfig) -> dict:
+    return process_part(item, cfg) if isinstance(item, Part) else process_shard(item, cfg)
+
+
 def _outside(shards: list[Shard], out: str) -> list[Shard]:
     """Never read our own output back as input (``etl ingest data/ --out data/processed``)."""
     if "://" in out:
@@ -93,10 +118,15 @@ def run_ingest(inputs: list[str], cfg: IngestConfig) -> dict:
     done = {r["path"] for r in records}
     files = [s for s in files if s.path not in done]
     total = sum(s.size or 0 for s in files)
+    items, split_shards = _plan(files, cfg, records)
     with ProgressBar(cfg.out, total, cfg.progress), ThreadPoolExecutor(1) as pool:
         from_stdin = [pool.submit(process_shard, s, cfg) for s in stdin]
-        if files:
-            records += _compute(shard_bag(files).map(process_shard, cfg), cfg.scheduler, True)
+        if items:
+            done = _compute(shard_bag(items).map(_process, cfg), cfg.scheduler, True)
+            records += [r for r in done if "part" not in r]
+            for path, shard in split_shards.items():
+                records.append(finish_parts(shard, [r for r in done if r.get("part") is not None
+                                                    and r["path"] == path], cfg, start))
         records += [f.result() for f in from_stdin]
     order = {s.path: i for i, s in enumerate(shards)}
     records.sort(key=lambda r: order[r["path"]])

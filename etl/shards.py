@@ -371,10 +371,12 @@ def _decode(codec: Codec, head: bytes, reader: _Reader) -> Iterator[bytes]:
             yield out
 
 
-def iter_chunks(fh: BinaryIO, path: str, counter: list[int] | None = None) -> Iterator[bytes]:
+def iter_chunks(fh: BinaryIO, path: str, counter: list[int] | None = None,
+                codec: Codec | None = None) -> Iterator[bytes]:
     """Yield decompressed pieces of a raw shard stream, codec found by magic bytes.
 
     ``counter[0]`` (if given) is kept equal to the compressed bytes read so far.
+    ``codec`` given: no detection (a part of a plain file may start with any bytes).
     """
     reader = _Reader(fh, path)
     head = reader.read()
@@ -383,7 +385,7 @@ def iter_chunks(fh: BinaryIO, path: str, counter: list[int] | None = None) -> It
         if not more:
             break
         head += more
-    codec = detect_codec(head)
+    codec = codec or detect_codec(head)
     pieces = _plain(head, reader) if codec is PLAIN else _decode(codec, head, reader)
     for piece in pieces:
         if counter is not None:
