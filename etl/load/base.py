@@ -2,8 +2,9 @@
 
 Exactly once = immutable Parquet files + a durable record of the files loaded
 (``_etl_loads``, written in the same transaction as their rows) + an idempotent
-merge (upsert by key). Each shard's files load in one transaction; a crash at
-any moment leaves either all of a shard's rows and its records, or neither.
+merge (upsert by key). A batch of shards loads in one transaction (one shard
+each on Postgres; on DuckDB every pending shard up to ``BATCH_ROWS`` rows); a
+crash at any moment leaves either all of a batch's rows and its records, or neither.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from etl import parquet
-from etl.errors import ConfigError, LoadError, TransientLoadError
+from etl.errors import ConfigError, LoadError, TransientLoadError, UnreachableError
 from etl.schema import Field, Schema
 from etl.storage import Folder
 
@@ -26,6 +27,9 @@ DEFAULT_DB = "duckdb:///data/warehouse.duckdb"
 LOADS_TABLE = "_etl_loads"
 RETRIES = 5              # attempts for a transient failure
 BACKOFF = 0.5            # seconds before the first retry; doubles each time
+BATCH_ROWS = 5_000_000   # rows per transaction where shards load together: bounds the
+                         # work a crash throws away and the size of one merge
+RECORD_ROWS = 500        # _etl_loads rows per INSERT statement
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,32 @@ class LoadUnit:
         for rel, _ in self.files:
             present |= set(pq.read_schema(folder.join(rel), filesystem=folder.arrow_fs).names)
         return [f for f in schema.fields if f.name in present]
+
+
+def unit_columns(out: str, schema: Schema, units) -> list[Field]:
+    """The schema's fields present in any file of ``units``, in schema order."""
+    present = {f.name for u in units for f in u.columns(out, schema)}
+    return [f for f in schema.fields if f.name in present]
+
+
+def batches(units: list[LoadUnit], max_rows: int) -> list[tuple[LoadUnit, ...]]:
+    """Consecutive units grouped up to ``max_rows`` rows each (0: one unit per batch).
+
+    A unit is never split, so a unit larger than ``max_rows`` is a batch of its own.
+    """
+    out: list[tuple[LoadUnit, ...]] = []
+    group: list[LoadUnit] = []
+    rows = 0
+    for unit in units:
+        n = sum(r for _, r in unit.files)
+        if group and (max_rows <= 0 or rows + n > max_rows):
+            out.append(tuple(group))
+            group, rows = [], 0
+        group.append(unit)
+        rows += n
+    if group:
+        out.append(tuple(group))
+    return out
 
 
 def load_units(out: str) -> list[LoadUnit]:
@@ -77,10 +107,11 @@ def quote(name: str) -> str:
 class Loader(ABC):
     """A destination: prepare the table, load units exactly once, answer counts, close.
 
-    Subclasses set ``dialect`` and implement ``_classify`` and ``load_unit``.
+    Subclasses set ``dialect`` (and ``batch_rows``) and implement ``_classify`` and ``load``.
     """
 
     dialect = ""
+    batch_rows = 0  # > 0: pending units load together, up to this many rows per transaction
 
     def __init__(self, url: sa.URL, engine: sa.Engine):
         self.url, self.engine = url, engine
@@ -90,8 +121,9 @@ class Loader(ABC):
         """A driver error as LoadError, or TransientLoadError when worth retrying."""
 
     @abstractmethod
-    def load_unit(self, schema: Schema, out: str, unit: LoadUnit) -> int:
-        """Merge one unit's rows and record its files, in one transaction; return rows read."""
+    def load(self, schema: Schema, out: str, units: tuple[LoadUnit, ...]) -> int:
+        """Merge the units' rows (later units win) and record their files, in one
+        transaction; return rows read."""
 
     def _run(self, fn):
         """``fn(connection)`` in one transaction; driver errors become LoadErrors."""
@@ -107,10 +139,10 @@ class Loader(ABC):
 
         self._run(lambda conn: create_or_evolve(conn, schema, self.dialect))
 
-    def loaded(self) -> set[tuple[str, str]]:
-        """The (file, token) pairs already loaded."""
+    def loaded(self, prepared: bool = False) -> set[tuple[str, str]]:
+        """The (file, token) pairs already loaded (``prepared``: _etl_loads surely exists)."""
         def read(conn):
-            if not sa.inspect(conn).has_table(LOADS_TABLE):
+            if not prepared and not sa.inspect(conn).has_table(LOADS_TABLE):
                 return set()
             return {tuple(r) for r in conn.execute(sa.text(
                 f"SELECT file, token FROM {LOADS_TABLE}"))}
@@ -118,13 +150,27 @@ class Loader(ABC):
 
     @staticmethod
     def _record(conn: sa.Connection, schema: Schema, unit: LoadUnit) -> None:
-        """Note the unit's files in _etl_loads (inside the loading transaction)."""
+        """Note the unit's files in _etl_loads (inside the loading transaction).
+
+        Multi-row INSERTs, not executemany: DuckDB runs executemany row by row.
+        """
         now = dt.datetime.now(dt.timezone.utc)
-        conn.execute(sa.text(
-            f"INSERT INTO {LOADS_TABLE} (file, token, shard, dataset, rows, loaded_at) "
-            "VALUES (:file, :token, :shard, :dataset, :rows, :at) ON CONFLICT DO NOTHING"),
-            [{"file": f, "token": unit.token, "shard": unit.shard_path,
-              "dataset": schema.name, "rows": n, "at": now} for f, n in unit.files])
+        for start in range(0, len(unit.files), RECORD_ROWS):
+            chunk = unit.files[start:start + RECORD_ROWS]
+            values = ", ".join(f"(:f{i}, :token, :shard, :dataset, :r{i}, :at)"
+                               for i in range(len(chunk)))
+            params = {"token": unit.token, "shard": unit.shard_path, "dataset": schema.name,
+                      "at": now}
+            for i, (f, n) in enumerate(chunk):
+                params[f"f{i}"], params[f"r{i}"] = f, n
+            conn.execute(sa.text(
+                f"INSERT INTO {LOADS_TABLE} (file, token, shard, dataset, rows, loaded_at) "
+                f"VALUES {values} ON CONFLICT DO NOTHING"), params)
+
+    def count(self, table: str) -> int:
+        """Rows in one table."""
+        return self._run(lambda conn: conn.execute(sa.text(
+            f"SELECT count(*) FROM {quote(table)}")).scalar())
 
     def row_counts(self) -> dict[str, int]:
         """Rows per user table."""
@@ -173,6 +219,25 @@ def with_retries(action, what: str, retries: int = RETRIES, backoff: float = BAC
             time.sleep(backoff * 2 ** (attempt - 1))
 
 
+def _load_batch(loader: Loader, schema: Schema, out: str, batch: tuple[LoadUnit, ...]) -> int:
+    """Load a batch in one transaction; if the database refuses it, shard by shard.
+
+    One refused shard must not hold back the others: the fallback commits the
+    shards before it and stops at it with its own error, as loading shard by
+    shard would. A batch that failed only transiently (retries used up) is not redone.
+    """
+    what = (f"loading {batch[0].shard_path}" if len(batch) == 1
+            else f"loading {len(batch)} shards ({batch[0].shard_path} ...)")
+    try:
+        return with_retries(lambda: loader.load(schema, out, batch), what)
+    except LoadError as exc:
+        if len(batch) == 1 or isinstance(exc, UnreachableError) \
+                or isinstance(exc.__cause__, TransientLoadError):
+            raise
+    return sum(with_retries(lambda u=unit: loader.load(schema, out, (u,)),
+                            f"loading {unit.shard_path}") for unit in batch)
+
+
 def run_load(out: str, schema: Schema, url: str = DEFAULT_DB) -> dict:
     """Load every finished shard of ``out`` not loaded yet; return the load report."""
     start = time.monotonic()
@@ -180,13 +245,11 @@ def run_load(out: str, schema: Schema, url: str = DEFAULT_DB) -> dict:
     loader = open_loader(url)
     try:
         with_retries(lambda: loader.prepare(schema), "preparing the table")
-        done = with_retries(loader.loaded, "reading _etl_loads")
+        done = with_retries(lambda: loader.loaded(prepared=True), "reading _etl_loads")
         todo = [u for u in units if not all((f, u.token) in done for f, _ in u.files)]
-        rows = 0
-        for unit in todo:
-            rows += with_retries(lambda u=unit: loader.load_unit(schema, out, u),
-                                 f"loading {unit.shard_path}")
-        counts = with_retries(loader.row_counts, "counting rows")
+        rows = sum(_load_batch(loader, schema, out, batch)
+                   for batch in batches(todo, loader.batch_rows))
+        table_rows = with_retries(lambda: loader.count(schema.name), "counting rows")
     finally:
         loader.close()
     return {"database": loader.where(), "table": schema.name,
@@ -194,7 +257,7 @@ def run_load(out: str, schema: Schema, url: str = DEFAULT_DB) -> dict:
             "files_already_loaded": sum(len(u.files) for u in units) - sum(len(u.files)
                                                                           for u in todo),
             "shards_loaded": len(todo), "rows_merged": rows,
-            "table_rows": counts.get(schema.name, 0), "seconds": round(time.monotonic() - start, 3)}
+            "table_rows": table_rows, "seconds": round(time.monotonic() - start, 3)}
 
 
 def status(out: str, url: str | None, pending_inputs: list[str] | None = None) -> dict:

@@ -1,4 +1,9 @@
-"""DuckDB destination: DuckDB reads the Parquet files itself, one transaction per shard."""
+"""DuckDB destination: DuckDB reads the Parquet files itself; every pending shard (up to
+``BATCH_ROWS`` rows) merges in one statement and one transaction, on one connection.
+
+Why batches: a DuckDB commit writes the table's new row groups and its primary-key
+index, so one commit per shard costs far more than the merge itself.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +12,48 @@ import os
 import sqlalchemy as sa
 
 from etl.errors import LoadError, TransientLoadError
-from etl.load.base import Loader, LoadUnit, quote
+from etl.load.base import BATCH_ROWS, Loader, LoadUnit, quote, unit_columns
 from etl.load.tables import upsert_sql
 from etl.schema import Schema
 from etl.storage import Folder
 
 TRANSIENT = ("could not set lock", "conflicting lock", "transactioncontext error")
+FILE, RANK = "_etl_file", "_etl_rank"  # prefixed: a field may well be called "filename"
 
 
 def _sql_str(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
+def source_sql(urls: list[str], cols: list[str], ranked: bool) -> str:
+    """``read_parquet`` over ``urls``; ``ranked``: with each row's file rank (its index in
+    ``urls``) and ``file_row_number``, the order in which later rows win."""
+    files = ", ".join(_sql_str(u) for u in urls)
+    if not ranked:
+        return f"read_parquet([{files}], union_by_name = true)"
+    if "file_index" not in cols:  # DuckDB's virtual column: the file's index in the list
+        return (f"(SELECT *, file_index AS {RANK} FROM read_parquet([{files}], "
+                f"union_by_name = true, file_row_number = true)) AS _etl_source")
+    # a field called file_index hides the virtual column: rank the file names instead
+    ranks = ", ".join(f"({_sql_str(u)}, {i})" for i, u in enumerate(urls))
+    return (f"read_parquet([{files}], union_by_name = true, filename = '{FILE}', "
+            f"file_row_number = true) JOIN (VALUES {ranks}) AS _etl_order({FILE}, {RANK}) "
+            f"USING ({FILE})")
+
+
 class DuckDBLoader(Loader):
-    """Loads into a DuckDB file through SQLAlchemy (duckdb-engine)."""
+    """Loads into a DuckDB file through SQLAlchemy (duckdb-engine), on one connection."""
 
     dialect = "duckdb"
+    batch_rows = BATCH_ROWS
 
     def __init__(self, url: sa.URL):
         if url.database and url.database != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(url.database)), exist_ok=True)
-        super().__init__(url, sa.create_engine(url, poolclass=sa.pool.NullPool))
+        # one connection kept for the whole run: each open and close of the file costs a
+        # checkpoint; close() releases it (and the file lock)
+        super().__init__(url, sa.create_engine(url, poolclass=sa.pool.QueuePool,
+                                               pool_size=1, max_overflow=0))
 
     def _classify(self, exc: sa.exc.DBAPIError) -> LoadError:
         text = str(exc.orig)
@@ -36,14 +62,11 @@ class DuckDBLoader(Loader):
         return LoadError(f"{text}; fix the cause, then rerun (nothing of this transaction "
                          "was committed)", self.where())
 
-    def load_unit(self, schema: Schema, out: str, unit: LoadUnit) -> int:
-        cols = [f.name for f in unit.columns(out, schema)]
+    def load(self, schema: Schema, out: str, units: tuple[LoadUnit, ...]) -> int:
+        cols = [f.name for f in unit_columns(out, schema, units)]
         folder = Folder(out)
-        files = ", ".join(_sql_str(folder.url(folder.join(f))) for f, _ in unit.files)
-        # a named filename column: a field may well be called "filename"
-        source = (f"read_parquet([{files}], union_by_name = true, filename = '_etl_file', "
-                  f"file_row_number = true)")
-        sql = upsert_sql(schema, cols, source, "_etl_file, file_row_number", quote)
+        # units in load order, a unit's files by name: the rank later rows win by
+        urls = [folder.url(folder.join(f)) for u in units for f in sorted(f for f, _ in u.files)]
 
         def merge(conn):
             if not folder.local:  # DuckDB reads URLs through the same fsspec filesystem
@@ -52,7 +75,18 @@ class DuckDBLoader(Loader):
                 if not raw.filesystem_is_registered(
                         protocol[0] if isinstance(protocol, tuple) else protocol):
                     raw.register_filesystem(folder.fs)
-            conn.execute(sa.text(sql))
-            self._record(conn, schema, unit)
-            return sum(n for _, n in unit.files)
+            table = quote(schema.name)
+            empty = conn.execute(sa.text(
+                f"SELECT count(*) = 0 FROM (SELECT 1 FROM {table} LIMIT 1)")).scalar()
+            # ranking rows for the newest per key costs a window over every column: only
+            # when some key repeats within the batch (files are immutable: this holds)
+            repeats = bool(schema.key) and conn.execute(sa.text(
+                f"SELECT count(*) > count(DISTINCT {quote(schema.key)}) "
+                f"FROM {source_sql(urls, cols, False)}")).scalar()
+            conn.execute(sa.text(upsert_sql(
+                schema, cols, source_sql(urls, cols, repeats), f"{RANK}, file_row_number",
+                quote, empty=bool(empty), dedupe=bool(repeats))))
+            for unit in units:
+                self._record(conn, schema, unit)
+            return sum(n for u in units for _, n in u.files)
         return self._run(merge)

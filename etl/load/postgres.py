@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from etl.errors import LoadError, TransientLoadError, UnreachableError
-from etl.load.base import Loader, LoadUnit, quote
+from etl.load.base import Loader, LoadUnit, quote, unit_columns
 from etl.load.tables import upsert_sql
 from etl.schema import Schema
 from etl.storage import Folder
@@ -83,8 +83,8 @@ class PostgresLoader(Loader):
         return LoadError(f"{text}; fix the cause, then rerun (nothing of this transaction was "
                          "committed)", self.where())
 
-    def load_unit(self, schema: Schema, out: str, unit: LoadUnit) -> int:
-        cols = [f.name for f in unit.columns(out, schema)]
+    def load(self, schema: Schema, out: str, units: tuple[LoadUnit, ...]) -> int:
+        cols = [f.name for f in unit_columns(out, schema, units)]
         names = ", ".join(quote(c) for c in cols)
 
         def merge(conn):
@@ -92,24 +92,25 @@ class PostgresLoader(Loader):
                                  f"FROM {quote(schema.name)} WITH NO DATA"))
             conn.execute(sa.text(f"ALTER TABLE {STAGE} ADD COLUMN {SEQ} bigint"))
             try:
-                rows = self._copy(conn, out, unit, cols, names)
+                rows = self._copy(conn, out, units, cols, names)
             except psycopg.Error as exc:  # the raw cursor's errors, wrapped as SQLAlchemy would
                 raw = conn.connection.driver_connection
                 raise sa.exc.DBAPIError.instance(
                     "COPY", None, exc, psycopg.Error,
                     connection_invalidated=raw.closed or raw.broken) from exc
             conn.execute(sa.text(upsert_sql(schema, cols, STAGE, SEQ, quote)))
-            self._record(conn, schema, unit)
+            for unit in units:
+                self._record(conn, schema, unit)
             return rows
         return self._run(merge)
 
     @staticmethod
-    def _copy(conn, out: str, unit: LoadUnit, cols: list[str], names: str) -> int:
+    def _copy(conn, out: str, units: tuple[LoadUnit, ...], cols: list[str], names: str) -> int:
         cursor = conn.connection.driver_connection.cursor()
         folder = Folder(out)
         seq = 0
         with cursor.copy(f"COPY {STAGE} ({names}, {SEQ}) FROM STDIN (FORMAT csv)") as copy:
-            for rel, _ in unit.files:
+            for rel, _ in (f for unit in units for f in unit.files):
                 pf = pq.ParquetFile(folder.join(rel), filesystem=folder.arrow_fs)
                 present = [c for c in cols if c in pf.schema_arrow.names]
                 for batch in pf.iter_batches(COPY_BATCH_ROWS, columns=present):

@@ -50,13 +50,17 @@ def create_or_evolve(conn: sa.Connection, schema: Schema, dialect: str) -> list[
     return added
 
 
-def upsert_sql(schema: Schema, cols: list[str], source: str, order: str, quote) -> str:
+def upsert_sql(schema: Schema, cols: list[str], source: str, order: str, quote,
+               empty: bool = False, dedupe: bool = True) -> str:
     """INSERT the newest row per key of ``source`` and merge it into the table.
 
     Within ``source`` the row kept per key is the greatest version (when the
     schema has one), then the last by ``order``. Against the table, the greater
     version wins whatever the load order (ties and null stored versions: the
-    new row); without a version the later load wins.
+    new row); without a version the later load wins. ``empty``: the table is
+    known to be empty (and nobody else writes it), so no row can conflict and the
+    ON CONFLICT clause is left out. ``dedupe=False``: no key repeats within
+    ``source`` (the caller checked), so no ranking is needed.
     """
     t, names = quote(schema.name), ", ".join(quote(c) for c in cols)
     if not schema.key:
@@ -65,8 +69,12 @@ def upsert_sql(schema: Schema, cols: list[str], source: str, order: str, quote) 
     # every order column descends: "filename, file_row_number" means the last file's last row
     rank = (f"{v} DESC NULLS LAST, " if v else "") + ", ".join(
         f"{c.strip()} DESC" for c in order.split(","))
+    # in key order: DuckDB's primary-key index (ART) builds and writes out much faster so
     newest = (f"SELECT {names} FROM (SELECT *, row_number() OVER (PARTITION BY {key} "
-              f"ORDER BY {rank}) AS _etl_rn FROM {source}) AS _etl_ranked WHERE _etl_rn = 1")
+              f"ORDER BY {rank}) AS _etl_rn FROM {source}) AS _etl_ranked WHERE _etl_rn = 1 "
+              if dedupe else f"SELECT {names} FROM {source} ") + f"ORDER BY {key}"
+    if empty:
+        return f"INSERT INTO {t} ({names}) {newest}"
     updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in cols if c != schema.key)
     sql = f"INSERT INTO {t} ({names}) {newest} ON CONFLICT ({key}) "
     if not updates:
