@@ -150,6 +150,49 @@ def build(ds: Dataset, four_x: bool = False) -> None:
         _concatenate(ds.files("zst"), ds.four_x())
 
 
+SPOOL_CLIENTS = 8  # ncat clients of the spooler comparison
+
+
+def split_lines(sources: list[Path], dests: list[Path]) -> None:
+    """The lines of ``sources`` (each ending with a line end), in order, cut into
+    ``len(dests)`` files of about equal size at line ends; the last takes the rest."""
+    quota = -(-sum(p.stat().st_size for p in sources) // len(dests))  # ceil
+    i, written = 0, 0
+    out = open(dests[0], "wb")
+    try:
+        for src in sources:
+            with open(src, "rb") as fh:
+                while chunk := fh.read(8 << 20):
+                    while i < len(dests) - 1 and written + len(chunk) > quota:
+                        cut = chunk.find(b"\n", max(0, quota - written - 1)) + 1
+                        if cut == 0:  # no line end left in this chunk
+                            break
+                        out.write(chunk[:cut])
+                        chunk = chunk[cut:]
+                        out.close()
+                        i, written = i + 1, 0
+                        out = open(dests[i], "wb")
+                    out.write(chunk)
+                    written += len(chunk)
+    finally:
+        out.close()
+    for rest in dests[i + 1:]:  # fewer lines than files: the rest stay empty
+        open(rest, "wb").close()
+
+
+def spool_streams(ds: Dataset, clients: int = SPOOL_CLIENTS) -> list[Path]:
+    """The plain shards cut into ``clients`` streams at line ends, made once."""
+    folder = ds.root / f"spool-{clients}"
+    dests = [folder / f"stream-{i}.ndjson" for i in range(clients)]
+    if not all(p.exists() for p in dests):
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = [p.with_name(p.name + ".tmp") for p in dests]
+        split_lines(ds.plain(), tmp)
+        for t, d in zip(tmp, dests):
+            os.replace(t, d)
+    return dests
+
+
 def describe(ds: Dataset) -> list[tuple[str, int, float]]:
     """(codec, compressed bytes, uncompressed/compressed ratio) per codec of ``ds``."""
     plain = ds.plain_bytes()

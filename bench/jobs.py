@@ -16,11 +16,14 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from bench import pg
 from bench.data import ROOT, SUFFIXES, Dataset
 
 BENCH = ROOT / "bench"
 SCHEMA = BENCH / "bench_schema.toml"
 ENGINES = BENCH / "engines.py"
+SPOOL = BENCH / "spool.py"
+QUIET = "SET client_min_messages = warning;"  # no NOTICE for a table not there yet
 ETL = (sys.executable, "-m", "etl.cli")
 PYTHON = sys.executable
 
@@ -52,7 +55,8 @@ NOT_READ = {
 
 @dataclass(frozen=True)
 class Step:
-    """One command to time; ``kind``: etl, etl-variant, engine, limit1, limit2, memory, load."""
+    """One command to time; ``kind``: etl, etl-variant, engine, limit1, limit2, memory, load,
+    pgload, spool."""
 
     codec: str
     tool: str
@@ -64,6 +68,9 @@ class Step:
     note: str = ""
     bytes_in: int = 0  # uncompressed input bytes: the MB/s numerator
     env: dict = field(default_factory=dict)
+    setup: tuple[str, ...] | None = None  # run before, untimed (a fresh table)
+    count: tuple[str, ...] | None = None  # run after: prints the rows (or lines) it stored
+    timing: Path | None = None  # where the command writes the seconds of its measured part
 
     @property
     def skipped(self) -> bool:
@@ -166,3 +173,40 @@ def load_steps(parquet: Path, work: Path) -> list[Step]:
                argv=(PYTHON, str(ENGINES), "ctas", "--parquet", str(parquet), "--db",
                      str(own_db)), out=own_db)
     return [etl, own]
+
+
+def pg_load_steps(parquet: Path, csv: Path, port: int, table_ddl: str,
+                  columns: list[str]) -> list[Step]:
+    """``etl load`` of etl's zst output into Postgres, and ``psql \\copy`` of the same rows
+    (as CSV) into an equivalent, empty table; each in its own database of the cluster."""
+    etl_db, copy_db = pg.DATABASES["etl"], pg.DATABASES["copy"]
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/{etl_db}"
+    rows = "SELECT count(*) FROM comments"
+    etl = Step("load", "etl load → Postgres", "pgload",
+               argv=(*ETL, "load", "--from", str(parquet), "--schema", str(SCHEMA), "--db", url,
+                     "--quiet"),
+               setup=pg.psql_argv(port, etl_db,
+                                  f"{QUIET} DROP TABLE IF EXISTS comments, _etl_loads"),
+               count=pg.psql_argv(port, etl_db, rows))
+    copy = Step("load", "psql \\copy of the same rows as CSV", "pgload",
+                argv=pg.psql_argv(port, copy_db, pg.copy_command("comments", columns, csv)),
+                setup=pg.psql_argv(port, copy_db,
+                                   f"{QUIET} DROP TABLE IF EXISTS comments; {table_ddl}"),
+                count=pg.psql_argv(port, copy_db, rows))
+    return [etl, copy]
+
+
+def spool_steps(streams: list[Path], work: Path) -> list[Step]:
+    """``etl spool`` against 8 ``socat`` listeners, the same ``ncat`` clients sending to each."""
+    bytes_in = sum(p.stat().st_size for p in streams)
+    steps = []
+    for receiver, tool in (("etl", f"etl spool ← {len(streams)} ncat clients"),
+                           ("socat", f"{len(streams)} × socat → files ← {len(streams)} ncat "
+                                     "clients")):
+        out, timing = work / f"spool-{receiver}", work / f"spool-{receiver}.json"
+        steps.append(Step("spool", tool, "spool",
+                          argv=(PYTHON, str(SPOOL), receiver, "--out", str(out), "--timing",
+                                str(timing), *map(str, streams)),
+                          out=out, timing=timing, bytes_in=bytes_in,
+                          count=(PYTHON, str(SPOOL), "count", str(out))))
+    return steps

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from bench.jobs import Step
 
 MB = 1_000_000  # throughput unit: decimal MB of uncompressed input
+CLIENTS = 8  # ncat clients in the spooler comparison (bench.data.SPOOL_CLIENTS)
 # codec -> (what etl's MB/s is divided by, the least ratio that passes)
 SPEED_TARGETS = {
     "zst": ("duckdb", 1.0), "gz": ("duckdb", 1.0), "none": ("duckdb", 1.0),
@@ -22,6 +23,7 @@ RSS_LIMIT_MIB = 1024  # peak memory of an etl run, whole process tree
 WINDOW_MIB = {"zst-long": 2048}  # plus the zstd window the file declares
 GROWTH_LIMIT = 1.10  # peak RSS at 4x input over peak RSS at 1x
 LOAD_TARGET = 0.8  # etl load throughput over DuckDB's own CREATE TABLE AS
+PG_LOAD_TARGET = 0.8  # etl load into Postgres over psql \copy of the same rows as CSV
 NOISY = 0.15  # others' share of the machine above which a verdict is marked noisy
 JOB_KINDS = ("etl", "etl-variant", "engine")  # steps that run the whole job and write rows
 CODEC_TITLES = {"zst": "zst", "gz": "gz", "none": "plain (none)", "xz": "xz", "bz2": "bz2",
@@ -180,13 +182,24 @@ def memory_check(results: list[Result]) -> tuple[Result, Result, float | None] |
     return runs[0], runs[1], ratio(runs[1].max_rss_mib, runs[0].max_rss_mib)
 
 
-def load_check(results: list[Result]) -> tuple[Result, Result, float | None] | None:
-    """(etl load, DuckDB CTAS, etl's throughput over DuckDB's) when both ran."""
-    runs = [r for r in results if r.step.kind == "load" and r.seconds is not None]
+def load_check(results: list[Result], kind: str = "load"
+               ) -> tuple[Result, Result, float | None] | None:
+    """(etl load, the reference, etl's throughput over the reference's) when both ran;
+    ``kind``: load (DuckDB CTAS) or pgload (psql \\copy)."""
+    runs = [r for r in results if r.step.kind == kind and r.seconds is not None]
     if len(runs) < 2:
         return None
     etl, own = runs
     return etl, own, ratio(own.seconds, etl.seconds)
+
+
+def spool_check(results: list[Result]) -> tuple[Result, Result, float | None] | None:
+    """(etl spool, socat, the spooler's throughput over socat's) when both ran."""
+    runs = [r for r in results if r.step.kind == "spool" and r.seconds is not None]
+    if len(runs) < 2:
+        return None
+    etl, socat = runs
+    return etl, socat, ratio(socat.seconds, etl.seconds)
 
 
 def target_lines(results: list[Result], codecs: tuple[str, ...]) -> list[str]:
@@ -223,7 +236,23 @@ def _memory_and_load_targets(results: list[Result]) -> list[tuple[str, str, str]
     if load:
         rows.append((f"DuckDB load ≥ {LOAD_TARGET}× CREATE TABLE AS", _times(load[2]),
                      verdict(load[2], LOAD_TARGET)))
+    pg = load_check(results, "pgload")
+    if pg:
+        rows.append((f"Postgres load ≥ {PG_LOAD_TARGET}× psql \\copy", _times(pg[2]),
+                     verdict(pg[2], PG_LOAD_TARGET)))
+    spool = spool_check(results)
+    if spool:
+        etl, socat, value = spool
+        same = etl.rows is not None and etl.rows == socat.rows
+        rows.append((f"spooler, {CLIENTS} ncat clients: every line stored; MB/s and lines/s "
+                     "over socat to files (no target)",
+                     f"{_num(etl.mb_per_s, '{:.0f}')} MB/s, {_rate(etl)} lines/s = "
+                     f"{_times(value)} socat", "PASS" if same else "FAIL"))
     return rows
+
+
+def _rate(r: Result) -> str:
+    return _num(r.rows / r.seconds if r.rows and r.seconds else None, "{:,.0f}")
 
 
 def _rows_agree(results: list[Result]) -> tuple[str, str]:
@@ -258,21 +287,41 @@ def memory_lines(results: list[Result]) -> list[str]:
 
 
 def load_lines(results: list[Result]) -> list[str]:
-    load = load_check(results)
-    lines = ["| load | seconds | rows | rows/s | × CREATE TABLE AS | peak RSS MiB | note |",
+    """The load table: etl against its reference, DuckDB then Postgres, with the ratio."""
+    lines = ["| load | seconds | rows | rows/s | × reference | peak RSS MiB | note |",
              "|---|---|---|---|---|---|---|"]
-    if load:
-        etl, own, value = load
-        for r, cell in ((etl, f"{_times(value)} **{verdict(value, LOAD_TARGET)}** "
-                              f"(≥ {LOAD_TARGET})"), (own, "1.00×")):
-            rate = r.rows / r.seconds if r.rows else None
-            lines.append(f"| {r.step.tool} | {r.seconds:.1f} | {_num(r.rows, '{:,}')} | "
-                         f"{_num(rate, '{:,.0f}')} | {cell} | {r.max_rss_mib:.0f} | "
-                         f"{r.error or r.step.note} |")
-    lines += ["| etl load → Postgres vs `psql \\copy` of the same rows as CSV | — | — | — | — | "
-              "— | skipped in this first version: no Postgres server runs here |",
-              "| spooler: 8 ncat clients vs `socat` to a file (MB/s, lines/s) | — | — | — | — | "
-              "— | **TODO**: the spooler is being written |"]
+    for kind, target, ref in (("load", LOAD_TARGET, "CREATE TABLE AS"),
+                              ("pgload", PG_LOAD_TARGET, "psql \\copy")):
+        check = load_check(results, kind)
+        if check:
+            etl, own, value = check
+            for r, cell in ((etl, f"{_times(value)} {ref} **{verdict(value, target)}** "
+                                  f"(≥ {target})"), (own, "1.00×")):
+                lines.append(f"| {r.step.tool} | {r.seconds:.1f} | {_num(r.rows, '{:,}')} | "
+                             f"{_rate(r)} | {cell} | {r.max_rss_mib:.0f} | "
+                             f"{r.error or r.step.note} |")
+        lines += [f"| {r.step.tool} | — | — | — | — | — | {r.error or r.step.note} |"
+                  for r in results if r.step.kind == kind and r.seconds is None]
+    return lines
+
+
+def spool_lines(results: list[Result], sent_lines: int) -> list[str]:
+    """The spooler table: both receivers, MB/s and lines/s, lines stored against lines sent."""
+    lines = ["| receiver | seconds | MB/s | lines/s | × socat | peak MiB, whole tree (PSS) | "
+             "lines stored | note |", "|---|---|---|---|---|---|---|---|"]
+    check = spool_check(results)
+    for r in results:
+        if r.step.kind != "spool":
+            continue
+        if r.seconds is None:
+            lines.append(f"| {r.step.tool} | — | — | — | — | — | — | {r.error or r.step.note} |")
+            continue
+        to_socat = _times(ratio(check[1].seconds, r.seconds)) if check else "—"
+        stored = "—" if r.rows is None else f"{r.rows:,}" + (
+            " (= sent)" if r.rows == sent_lines else f" (≠ {sent_lines:,} sent)")
+        lines.append(f"| {r.step.tool} | {r.seconds:.1f} | {_num(r.mb_per_s, '{:.0f}')} | "
+                     f"{_rate(r)} | {to_socat} | {_num(r.tree_mib, '{:.0f}')} | {stored} | "
+                     f"{r.error or r.step.note} |")
     return lines
 
 
@@ -332,6 +381,24 @@ def pass_rate(results: list[Result], lines: int) -> str:
     return f"{etl.rows:,} of {lines:,} rows pass ({etl.rows / lines:.1%})" if etl else "—"
 
 
+LOAD_TEXT = (
+    "etl's zst Parquet (4 shards) into an empty warehouse. DuckDB: `etl load` (table made by "
+    "SQLAlchemy with a primary key, upsert by key, each file recorded in `_etl_loads` in the "
+    "same transaction) against DuckDB's own `CREATE TABLE AS SELECT * FROM read_parquet(...)` "
+    "(no key, no bookkeeping). Postgres, on a throwaway local cluster (fsync off, as the "
+    "tests run it): `etl load` against `psql \\copy` of the same rows, exported once as CSV "
+    "and not timed, into the same table etl creates (primary key included), made empty before "
+    "each run. Seconds are whole commands, Python start-up included.")
+SPOOL_TEXT = (
+    "The plain shards cut at line ends into {clients} streams, sent at once by {clients} "
+    "`ncat --send-only` clients to `etl spool` (zst shards, fsynced, sealed) or to {clients} "
+    "`socat -u TCP-LISTEN:... CREATE:file` listeners (plain files, no fsync): the raw "
+    "network-to-disk pace. Seconds run from launching the clients (receivers already "
+    "listening) until every byte is on disk: the spooler drained every connection after "
+    "SIGTERM, sealed its shards and exited; every socat exited. Lines are counted in what "
+    "was stored (the spooler's sealed shards decompressed) and compared with the lines sent.")
+
+
 def render(ds, results: list[Result], codecs: tuple[str, ...], machine: list[str],
            repeat: int) -> str:
     """The whole of RESULTS.md."""
@@ -367,6 +434,8 @@ def render(ds, results: list[Result], codecs: tuple[str, ...], machine: list[str
     for codec in codecs:
         parts += codec_table(results, codec)
     parts += ["## Memory: etl at 1× and 4× input (zst, synchronous scheduler)", "",
-              *memory_lines(results), "", "## Loading", "", *load_lines(results), "",
-              "## Notes", "", *notes_lines(results, codecs), ""]
+              *memory_lines(results), "", "## Loading", "", LOAD_TEXT, "",
+              *load_lines(results), "", "## Spooler", "", SPOOL_TEXT.format(clients=CLIENTS), "",
+              *spool_lines(results, ds.lines), "", "## Notes", "", *notes_lines(results, codecs),
+              ""]
     return "\n".join(parts)

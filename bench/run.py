@@ -22,13 +22,13 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the bench package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import data, jobs, report  # noqa: E402
+from bench import data, jobs, pg, report  # noqa: E402
 from bench.measure import measure  # noqa: E402
 from bench.report import Result  # noqa: E402
 
@@ -74,22 +74,32 @@ def _check_etl(step: jobs.Step, rows: int) -> str | None:
     return None
 
 
+def _printed_count(argv: tuple[str, ...]) -> int:
+    done = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=ROOT)
+    return int(done.stdout.strip().splitlines()[-1])
+
+
 def run_step(step: jobs.Step) -> Result:
     """Run one step in a fresh output folder; measure it; count what it wrote."""
     if step.skipped:
         return Result(step)
-    _remove(step.out)
-    _remove(step.report)
+    for path in (step.out, step.report, step.timing):
+        _remove(path)
+    if step.setup:
+        subprocess.run(step.setup, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     m = measure(list(step.argv) if step.argv else None, step.shell, cwd=str(ROOT),
                 env={**os.environ, **step.env})
     if m.returncode != 0:
         return Result(step, error=f"failed: exit code {m.returncode}")
+    seconds = json.loads(step.timing.read_text())["seconds"] if step.timing else m.seconds
     rows = digest = error = None
-    if step.out is not None:
+    if step.count:
+        rows = _printed_count(step.count)
+    elif step.out is not None:
         rows, digest = output_rows(step.out, step.kind)
         if step.kind in ("etl", "etl-variant", "memory"):
             error = _check_etl(step, rows)
-    return Result(step, m.seconds, m.max_rss_mib, m.tree_mib, rows, digest, error,
+    return Result(step, seconds, m.max_rss_mib, m.tree_mib, rows, digest, error,
                   m.cpu_seconds, m.others_busy)
 
 
@@ -170,12 +180,47 @@ def save_raw(ds: data.Dataset, results: list[Result]) -> None:
     results_path(ds).write_text(json.dumps(raw, indent=1, default=str))
 
 
+def run_pg_load(parquet: Path, work: Path, repeat: int) -> list[Result]:
+    """The Postgres rows: a throwaway cluster, the rows as CSV once, both loads side by side."""
+    from etl.schema import load_schema
+
+    def skipped(why: str) -> list[Result]:
+        return [Result(jobs.Step("load", "etl load → Postgres", "pgload",
+                                 note=f"skipped: {why}"))]
+    if why := pg.unavailable():
+        return skipped(why)
+    schema = load_schema(jobs.SCHEMA)
+    columns = [f.name for f in schema.fields]
+    csv = work / "load-rows.csv"
+    pg.export_csv(parquet, columns, csv)
+    try:
+        server = pg.start_cluster()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        return skipped(f"cannot start a PostgreSQL server: {exc}")
+    try:
+        return run_steps(jobs.pg_load_steps(parquet, csv, server.port, pg.ddl(schema), columns),
+                         repeat)
+    finally:
+        server.stop()
+
+
+def run_spool(ds: data.Dataset, work: Path, repeat: int) -> list[Result]:
+    """The spooler rows: the plain shards as 8 streams, to etl spool and to socat."""
+    missing = [t for t in ("ncat", "socat", "zstd") if shutil.which(t) is None]
+    if missing:
+        return [Result(jobs.Step("spool", "etl spool", "spool",
+                                 note=f"skipped: {', '.join(missing)} not installed"))]
+    streams = data.spool_streams(ds)
+    warm(streams)
+    return run_steps(jobs.spool_steps(streams, work), repeat)
+
+
 def run_full(args) -> list[Result]:
-    ds = data.full_dataset()
-    data.build(ds, four_x=True)
+    codecs = tuple(args.codecs.split(",")) if args.codecs else data.CODECS
+    ds = replace(data.full_dataset(), codecs=codecs)  # build and describe only these
+    data.build(ds, four_x=not args.no_memory and "zst" in codecs)
     work = data.DATA / "work"
     work.mkdir(parents=True, exist_ok=True)
-    codecs = tuple(args.codecs.split(",")) if args.codecs else ds.codecs
     results = []
     for codec in codecs:
         warm(ds.files(codec))
@@ -188,6 +233,9 @@ def run_full(args) -> list[Result]:
     etl_zst = report.etl_of(results, "zst")
     if not args.no_load and etl_zst is not None:
         results += run_steps(jobs.load_steps(etl_zst.step.out, work), args.repeat)
+        results += run_pg_load(etl_zst.step.out, work, args.repeat)
+    if not args.no_spool:
+        results += run_spool(ds, work, args.repeat)
     save_raw(ds, results)
     text = report.render(ds, results, codecs, machine_lines(), args.repeat)
     tmp = RESULTS.with_suffix(".md.tmp")
@@ -224,7 +272,8 @@ def main() -> None:
                    "(default 2; 3 with --quick)")
     p.add_argument("--codecs", help=f"comma-separated subset of {','.join(data.CODECS)}")
     p.add_argument("--no-memory", action="store_true", help="skip the 1x/4x memory runs")
-    p.add_argument("--no-load", action="store_true", help="skip the load comparison")
+    p.add_argument("--no-load", action="store_true", help="skip the load comparisons")
+    p.add_argument("--no-spool", action="store_true", help="skip the spooler comparison")
     args = p.parse_args()
     args.repeat = args.repeat or (3 if args.quick else 2)
     start = time.monotonic()

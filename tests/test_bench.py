@@ -7,14 +7,15 @@ the rows etl keeps: checked on ~1000 generated lines, counts and a content hash.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from bench import data, engines, jobs, report
+from bench import data, engines, jobs, pg, report, spool
 from bench.measure import measure
 from bench.report import Result
-from bench.run import output_rows
+from bench.run import output_rows, run_step
 from etl.config import IngestConfig
 from etl.pipeline import run_ingest
 from etl.sample import generate
@@ -143,3 +144,80 @@ def test_missing_compressor_says_what_to_install():
     with pytest.raises(SystemExit, match="xz not found; install"):
         data.check_tools(("zst", "xz"), have=lambda tool: None if tool == "xz" else tool)
     data.check_tools(("none",), have=lambda tool: None)
+
+
+def test_split_lines_cuts_at_line_ends_into_about_equal_files(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"".join(b"line %d\n" % i for i in range(100)))
+    b.write_bytes(b"".join(b"x%d\n" % i for i in range(7)))
+    outs = [tmp_path / f"o{i}" for i in range(8)]
+    data.split_lines([a, b], outs)
+    parts = [p.read_bytes() for p in outs]
+    assert b"".join(parts) == a.read_bytes() + b.read_bytes()
+    assert all(p.endswith(b"\n") for p in parts)
+    assert max(map(len, parts)) - min(map(len, parts)) < 30
+    few = [tmp_path / f"f{i}" for i in range(3)]
+    (tmp_path / "one").write_bytes(b"only\n")
+    data.split_lines([tmp_path / "one"], few)
+    assert [p.read_bytes() for p in few] == [b"only\n", b"", b""]
+
+
+def test_postgres_steps_load_into_fresh_tables_of_the_same_ddl(tmp_path):
+    schema = load_schema(engines.SCHEMA)
+    ddl = pg.ddl(schema)
+    assert ddl.startswith("CREATE TABLE comments") and "PRIMARY KEY (id)" in ddl
+    assert "created_utc TIMESTAMP WITH TIME ZONE" in ddl
+    columns = [f.name for f in schema.fields]
+    csv = tmp_path / "it's.csv"
+    assert pg.copy_command("comments", columns[:2], csv) == \
+        f"\\copy comments (\"id\", \"created_utc\") FROM '{tmp_path}/it''s.csv' WITH (FORMAT csv)"
+    etl, copy = jobs.pg_load_steps(tmp_path / "pq", csv, 5433, ddl, columns)
+    assert etl.kind == copy.kind == "pgload"
+    assert "postgresql+psycopg://postgres@127.0.0.1:5433/bench_etl" in etl.argv
+    assert etl.setup[-1].endswith("DROP TABLE IF EXISTS comments, _etl_loads")
+    assert copy.setup[-1].endswith(ddl) and copy.argv[-1].startswith("\\copy comments")
+    assert "bench_copy" in copy.argv and copy.count[-1] == "SELECT count(*) FROM comments"
+
+
+def test_spool_steps_send_the_same_streams_to_both_receivers(tmp_path):
+    streams = [tmp_path / f"s{i}" for i in range(8)]
+    for s in streams:
+        s.write_bytes(b"{}\n" * 5)
+    etl, socat = jobs.spool_steps(streams, tmp_path)
+    assert [etl.argv[2], socat.argv[2]] == ["etl", "socat"]
+    assert etl.argv[-8:] == socat.argv[-8:] == tuple(map(str, streams))
+    assert etl.bytes_in == socat.bytes_in == 120 and etl.timing and etl.count[-2] == "count"
+
+
+def test_spool_count_refuses_unsealed_output_and_counts_lines(tmp_path):
+    (tmp_path / "feed").mkdir()
+    (tmp_path / "feed" / "a.ndjson").write_bytes(b"{}\n{}\n")
+    (tmp_path / "feed" / "_spool.lock").write_bytes(b"")
+    assert spool.count_lines(tmp_path) == 2
+    (tmp_path / "feed" / "b.ndjson.zst.part").write_bytes(b"")
+    with pytest.raises(SystemExit, match="not whole"):
+        spool.count_lines(tmp_path)
+
+
+def test_run_step_takes_setup_timing_and_count(tmp_path):
+    timing, marker = tmp_path / "t.json", tmp_path / "setup-ran"
+    step = jobs.Step("spool", "fake", "spool", shell=f"echo '{{\"seconds\": 2.5}}' > {timing}",
+                     setup=("touch", str(marker)), count=("echo", "42"), timing=timing,
+                     bytes_in=10 * report.MB)
+    r = run_step(step)
+    assert marker.exists() and r.seconds == 2.5 and r.rows == 42 and r.mb_per_s == 4.0
+
+
+def test_postgres_and_spooler_rows_in_the_report():
+    etl_pg, copy = _result("load", "etl pg", "pgload", 4.0), _result("load", "copy", "pgload", 2.0)
+    etl_sp = _result("spool", "etl spool", "spool", 10.0)
+    socat = _result("spool", "socat", "spool", 2.0)
+    results = [etl_pg, copy, replace(etl_sp, rows=20), replace(socat, rows=20)]
+    targets = "\n".join(report.target_lines(results, ()))
+    assert "| Postgres load ≥ 0.8× psql \\copy | 0.50× | **FAIL** |" in targets
+    assert "10 MB/s, 2 lines/s = 0.20× socat | PASS |" in targets
+    table = report.load_lines(results)
+    assert "0.50× psql \\copy **FAIL** (≥ 0.8)" in table[2] and "1.00×" in table[3]
+    spooled = report.spool_lines(results, 20)
+    assert "| 0.20× |" in spooled[2] and "20 (= sent)" in spooled[2]
+    assert "20 (≠ 21 sent)" in report.spool_lines(results, 21)[3]
