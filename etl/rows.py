@@ -95,6 +95,21 @@ class Rows:
         """A full Row from an orjson dict (lines the fast path handed to orjson)."""
         return self.full_type(**{a: obj.get(k) for k, a in self.attr.items()})
 
+    def full_all(self, lines: list[bytes], rows: list) -> list:
+        """``full`` over many rows: one ``decode_lines`` call when none is decoded in full.
+
+        Each line held one document for ``first``, so the counts agree unless the
+        full decoder reads differently; then line by line.
+        """
+        if rows and all(type(r) is not self.full_type for r in rows):
+            try:
+                again = self._full.decode_lines(b"\n".join(lines))
+            except FAST_ERRORS:
+                again = None
+            if again is not None and len(again) == len(rows):
+                return again
+        return [self.full(line, row) for line, row in zip(lines, rows)]
+
     def full(self, line: bytes, row):
         """``row`` decoded in full (re-read from ``line`` when it holds filter keys only)."""
         if type(row) is self.full_type:

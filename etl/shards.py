@@ -25,8 +25,10 @@ import stat
 import sys
 import zlib
 from dataclasses import dataclass
+from functools import cached_property
 from typing import BinaryIO, Callable, Iterator
 
+import numpy as np
 from backports.zstd import DecompressionParameter, ZstdDecompressor, ZstdError
 
 from etl.errors import ConfigError, CorruptShardError, ShardError
@@ -64,16 +66,35 @@ class Shard:
 
 @dataclass(frozen=True)
 class LineBatch:
-    """Lines (terminator removed, CR kept) with where the first one starts."""
+    """Lines (terminator removed, CR kept) with where the first one starts.
 
-    lines: list[bytes]
+    Built from a list of lines, or from ``raw`` (the lines joined by LF) alone: then
+    the list is only made if someone asks for ``lines`` (the parser's fast path reads
+    ``raw`` and ``ends`` and never does, unless a line needs a closer look).
+    """
+
+    given: list[bytes] | None
     first_line_no: int   # 1-based
     first_offset: int    # byte offset of the first line in the decompressed stream
-    raw: bytes | None = None  # the lines joined by LF, when the reader has them at no cost
+    raw: bytes | None = None  # the lines joined by LF
 
     def joined(self) -> bytes:
         """The lines joined by LF (``raw`` when given)."""
-        return self.raw if self.raw is not None else b"\n".join(self.lines)
+        return self.raw if self.raw is not None else b"\n".join(self.given)
+
+    @cached_property
+    def lines(self) -> list[bytes]:
+        return self.given if self.given is not None else self.raw.split(b"\n")
+
+    @cached_property
+    def ends(self) -> np.ndarray:
+        """Positions of the LFs in ``joined()``: line i ends at ``ends[i]``, the last at the end."""
+        return np.flatnonzero(np.frombuffer(self.joined(), np.uint8) == 10)
+
+    @property
+    def count(self) -> int:
+        """Number of lines."""
+        return len(self.given) if self.given is not None else len(self.ends) + 1
 
 
 # ---------------------------------------------------------------- discovery
@@ -432,16 +453,12 @@ def iter_line_batches(chunks: Iterator[bytes],
         if cut < 0:  # one line longer than a batch: keep reading
             pending = [data]
             continue
-        raw = data[:cut]
-        lines = raw.split(b"\n")
-        yield LineBatch(lines, line_no, offset, raw)
-        line_no += len(lines)
+        batch = LineBatch(None, line_no, offset, data[:cut])
+        yield batch
+        line_no += batch.count
         offset += cut + 1
         rest = data[cut + 1:]
         pending, pending_len = ([rest], len(rest)) if rest else ([], 0)
     data = b"".join(pending)
     if data:
-        lines = data.split(b"\n")
-        if lines[-1] == b"":
-            lines.pop()
-        yield LineBatch(lines, line_no, offset)
+        yield LineBatch(None, line_no, offset, data[:-1] if data.endswith(b"\n") else data)

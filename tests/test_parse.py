@@ -666,7 +666,7 @@ def _result_key(res):
 
 def _orjson_only(schema):
     p = Parser(schema)
-    p._fast_slice = p._slice
+    p.fast = False
     return p
 
 
@@ -722,3 +722,41 @@ def test_skipped_huge_numbers_follow_the_documented_rule():
         res = parser.parse_batch(LineBatch(lines, 1, 0))
         assert res.table.column("id").to_pylist() == ["a"]
         assert [r.reason for r in res.rejects] == ["invalid_json"]
+
+
+@pytest.mark.parametrize("filters", [None, FILTERED], ids=["no-filter", "filter"])
+def test_span_path_equals_orjson_path_on_raw_batches(filters):
+    """The fastest path (lines decoded straight from the joined batch) changes nothing.
+
+    Lines that must leave it, sprinkled among clean ones: blank and whitespace-only
+    lines, two documents on one line, CRLF, a BOM, an array, a bad line.
+    """
+    import tomllib
+
+    from etl.sample import iter_lines
+
+    doc = tomllib.loads(COMMENTS_SCHEMA.read_text())
+    if filters:
+        doc["filter"] = filters
+    schema = schema_from_dict(doc)
+    lines = list(iter_lines(9000, seed=9, bad_rate=0))
+    odd = [b"", b"  \r", b'{"id":"two","created_utc":1,"subreddit":"x"} {"id":"docs"}',
+           b'{"id":"crlf","created_utc":1,"subreddit":"x"}\r', b"[1]",
+           b'\xef\xbb\xbf{"id":"bom","created_utc":1,"subreddit":"x"}', b'{"id": nope}']
+    for i, line in enumerate(odd):
+        lines.insert(1000 + i * 1100, line)  # one in each of several 4096-line slices
+    raw = b"\n".join(lines)
+    fast, slow = Parser(schema), _orjson_only(schema)
+    taken, span_slice = [], fast._span_slice
+
+    def watched(*args):
+        out = span_slice(*args)
+        taken.append(out is not None)
+        return out
+
+    fast._span_slice = watched
+    for batch in (LineBatch(None, 5, 100, raw), LineBatch(lines, 5, 100)):
+        a, b = _result_key(fast.parse_batch(batch)), _result_key(slow.parse_batch(batch))
+        assert a[0].equals(b[0]) and a[1:] == b[1:]
+        assert a[3] >= 2 and len(a[1]) >= 2  # blank lines counted, bad lines rejected
+    assert True in taken and False in taken  # both the span path and its way out ran
