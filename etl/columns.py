@@ -8,6 +8,7 @@ in ``pyarrow.compute``.
 from __future__ import annotations
 
 import html
+import itertools
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -56,6 +57,8 @@ def convert_column(values: list, f: Field) -> tuple[pa.Array, dict[int, str]]:
             return pa.array(values, type=f.arrow_type), {}
         if f.type == "timestamp" and types <= {int, float, NONE}:
             return _fast_timestamp(values, types, f), {}
+        if f.type == "timestamp" and types <= {int, float, str, NONE}:
+            return _mixed_timestamp(values, types, f), {}
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
         pass  # out of range somewhere: the slow path names the value
     out, bad = _slow(values, _elementwise(f))
@@ -70,6 +73,35 @@ def _fast_timestamp(values: list, types: set, f: Field) -> pa.Array:
     else:
         us = pc.multiply_checked(pa.array(values, pa.int64()), scale)
     return us.cast(f.arrow_type)
+
+
+DIGITS = r"^[0-9]{1,18}$"  # epoch text Arrow reads exactly as int() does (no sign, space)
+
+
+def _mixed_timestamp(values: list, types: set, f: Field) -> pa.Array:
+    """Epoch ints, floats and digit strings mixed in one column (Pushshift's created_utc).
+
+    Each kind is converted apart, as ``coerce.make_timestamp`` would, and put back in
+    place; anything else (signs, spaces, ISO text, out of range) raises ArrowInvalid
+    and the caller goes value by value.
+    """
+    out = pa.nulls(len(values), f.arrow_type)
+    kinds = list(map(type, values))
+    for kind in (int, float, str):
+        if kind not in types:
+            continue
+        where = [k is kind for k in kinds]
+        part = list(itertools.compress(values, where))
+        if kind is str:
+            text = pa.array(part, pa.string())
+            if not pc.all(pc.match_substring_regex(text, DIGITS)).as_py():
+                raise pa.ArrowInvalid("epoch text that is not plain digits")
+            us = pc.multiply_checked(pc.cast(text, pa.int64()), coerce.UNIT_US[f.unit])
+            us = us.cast(f.arrow_type)
+        else:
+            us = _fast_timestamp(part, {kind}, f)
+        out = pc.replace_with_mask(out, pa.array(where, pa.bool_()), us)
+    return out
 
 
 def clean_column(arr: pa.Array, f: Field) -> pa.Array:

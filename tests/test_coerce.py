@@ -373,3 +373,38 @@ def test_json_refuses_values_nested_deeper_than_orjson_writes():
 def test_deeply_nested_values_are_refused_not_crashed(coercer):
     with pytest.raises(BadValue):
         coercer(nested(500))
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us"])
+def test_mixed_timestamp_column_equals_value_by_value(unit):
+    """ints, floats and epoch text in one column (Pushshift's created_utc): the columnar
+    path gives exactly what value-by-value coercion gives, or steps aside for it."""
+    import random
+
+    import pyarrow as pa
+
+    from etl.columns import _elementwise, _mixed_timestamp, _slow, convert_column
+    from etl.schema import Field
+
+    f = Field("t", "timestamp", ("t",), unit=unit)
+    pool = [0, 1, -1, 1420070400, 2**40, 2**62, 2**63, 1.5, 2.5, -0.5, 0.5e-6, 1420070400.0,
+            9.2e18, float("nan"), "1420070400", "0", "007", "123456789012345678",
+            "1234567890123456789", " 12", "+3", "-4", "1.5", "2015-01-01", "x", "", "\u0663",
+            None, True, False]
+    rng = random.Random(5)
+    fast_taken = 0
+    for _ in range(400):
+        values = rng.choices(pool[:3] + pool[7:9] + pool[14:17] + [None], k=rng.randint(1, 9)) \
+            if rng.random() < 0.5 else rng.choices(pool, k=rng.randint(1, 9))
+        arr, bad = convert_column(values, f)
+        out, want_bad = _slow(values, _elementwise(f))
+        assert arr.equals(pa.array(out, f.arrow_type)), values
+        assert bad == want_bad, values
+        types = set(map(type, values))
+        if str in types and types <= {int, float, str, type(None)}:
+            try:
+                assert _mixed_timestamp(values, types, f).equals(arr)
+                fast_taken += 1
+            except (pa.ArrowInvalid, OverflowError):
+                pass  # the columnar path stepped aside: value by value did it
+    assert fast_taken > 50
