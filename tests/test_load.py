@@ -246,6 +246,33 @@ def test_one_load_of_many_shards_equals_loading_them_one_at_a_time(backend, new_
         assert scores(together)["k0"] == 20  # the greatest version, loaded second
 
 
+@pytest.mark.slow
+def test_postgres_copies_new_keys_straight_in_and_stages_the_rest(pg_url, tmp_path,  # noqa: F811
+                                                                  monkeypatch):
+    from etl.load.postgres import PostgresLoader
+
+    staged = []
+    stage = PostgresLoader._stage_and_merge
+
+    def counting(self, conn, schema, out, units, cols):
+        staged.append([u.shard_path for u in units])
+        return stage(self, conn, schema, out, units, cols)
+    monkeypatch.setattr(PostgresLoader, "_stage_and_merge", counting)
+    schema = small_schema(tmp_path)
+    new1 = ndjson(tmp_path / "in", "a.ndjson", [comment(f"a{i}", i, 5) for i in range(50)])
+    new2 = ndjson(tmp_path / "in", "b.ndjson", [comment(f"b{i}", i, 5) for i in range(50)])
+    again = ndjson(tmp_path / "in", "c.ndjson", [comment("c0", 1, 5), comment("a49", 99, 9)])
+    twice = ndjson(tmp_path / "in", "d.ndjson", [comment("d0", 1, 5), comment("d0", 2, 6)])
+    out = tmp_path / "out"
+    for shard in (new1, new2, again, twice):
+        ingest_and_load([shard], schema, out, pg_url)
+    # a key already in the table (a49) or repeated within the shard (d0): staged
+    assert staged == [[str(again)], [str(twice)]]
+    got = scores(pg_url)
+    assert len(got) == 102 and got["a49"] == 99 and got["c0"] == 1 and got["d0"] == 2
+    assert len(loads(pg_url)) == len(manifest_files(out))
+
+
 def test_batches_group_whole_units_up_to_a_row_count():
     units = [base.LoadUnit(f"s{i}", f"s{i}", "t", ((f"f{i}", n),))
              for i, n in enumerate([3, 3, 5, 1, 9])]

@@ -85,7 +85,7 @@ class DuckDBLoader(Loader):
                 f"FROM {source_sql(urls, cols, False)}")).scalar()
             conn.execute(sa.text(upsert_sql(
                 schema, cols, source_sql(urls, cols, repeats), f"{RANK}, file_row_number",
-                quote, empty=bool(empty), dedupe=bool(repeats))))
+                quote, empty=bool(empty), dedupe=bool(repeats), key_order=True)))
             for unit in units:
                 self._record(conn, schema, unit)
             return sum(n for u in units for _, n in u.files)

@@ -1,4 +1,12 @@
-"""Postgres destination: COPY into a temporary staging table, then one INSERT ... ON CONFLICT.
+"""Postgres destination: COPY straight into the table when the shard's rows are all new,
+else COPY into a temporary staging table, then one INSERT ... ON CONFLICT.
+
+Most shards bring keys the table has never seen; for them the merge is a plain COPY
+into the table, half the server's work of staging and merging. Whether the keys are
+new is found by trying: the COPY runs inside a savepoint, and the first key already
+in the table or repeated within the shard (a unique violation) rolls it back and
+takes the staging path instead. A failed COPY still reads the whole shard, so a
+shard whose first keys are already in the table (one ingested again) is staged at once.
 
 The password comes from the URL, ``PGPASSWORD`` or ``~/.pgpass`` (libpq reads
 the last two itself) and is never printed: messages name host, port and database.
@@ -9,11 +17,13 @@ from __future__ import annotations
 import io
 
 import psycopg
+import psycopg.errors
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import sqlalchemy as sa
+from psycopg.copy import QueuedLibpqWriter
 
 from etl.errors import LoadError, TransientLoadError, UnreachableError
 from etl.load.base import Loader, LoadUnit, quote, unit_columns
@@ -22,6 +32,7 @@ from etl.schema import Schema
 from etl.storage import Folder
 
 COPY_BATCH_ROWS = 65_536        # Parquet rows turned into CSV and sent per COPY write
+PROBE_KEYS = 10_000             # a shard's first keys looked up before COPYing it straight in
 CONNECT_TIMEOUT = 10            # seconds
 # SQLSTATE classes worth a retry: connection exceptions, serialization failure, deadlock
 TRANSIENT_SQLSTATES = ("08", "40001", "40P01", "57P01", "57P02", "57P03")
@@ -37,8 +48,9 @@ def _pg_array(values) -> str | None:
     return "{" + ",".join(items) + "}"
 
 
-def csv_bytes(batch: pa.RecordBatch, seq_start: int) -> bytes:
-    """A record batch as COPY CSV (null unquoted-empty, empty string quoted) with a SEQ column."""
+def csv_bytes(batch: pa.RecordBatch, seq_start: int | None) -> bytes:
+    """A record batch as COPY CSV (null unquoted-empty, empty string quoted), with a SEQ
+    column numbering rows from ``seq_start`` unless that is None."""
     cols, names = [], []
     for name, col in zip(batch.schema.names, batch.columns):
         if pa.types.is_list(col.type):
@@ -47,8 +59,9 @@ def csv_bytes(batch: pa.RecordBatch, seq_start: int) -> bytes:
             col = pc.replace_substring(col, "\x00", "\ufffd")
         cols.append(col)
         names.append(name)
-    cols.append(pa.array(range(seq_start, seq_start + batch.num_rows), pa.int64()))
-    names.append(SEQ)
+    if seq_start is not None:
+        cols.append(pa.array(range(seq_start, seq_start + batch.num_rows), pa.int64()))
+        names.append(SEQ)
     buf = io.BytesIO()
     pacsv.write_csv(pa.Table.from_arrays(cols, names=names), buf,
                     pacsv.WriteOptions(include_header=False, quoting_style="needed"))
@@ -85,40 +98,78 @@ class PostgresLoader(Loader):
 
     def load(self, schema: Schema, out: str, units: tuple[LoadUnit, ...]) -> int:
         cols = [f.name for f in unit_columns(out, schema, units)]
-        names = ", ".join(quote(c) for c in cols)
 
         def merge(conn):
-            conn.execute(sa.text(f"CREATE TEMP TABLE {STAGE} ON COMMIT DROP AS SELECT {names} "
-                                 f"FROM {quote(schema.name)} WITH NO DATA"))
-            conn.execute(sa.text(f"ALTER TABLE {STAGE} ADD COLUMN {SEQ} bigint"))
             try:
-                rows = self._copy(conn, out, units, cols, names)
+                rows = None if schema.key and _first_keys_there(conn, schema, out, units) \
+                    else self._copy_new_rows(conn, schema, out, units, cols)
+                if rows is None:
+                    rows = self._stage_and_merge(conn, schema, out, units, cols)
             except psycopg.Error as exc:  # the raw cursor's errors, wrapped as SQLAlchemy would
                 raw = conn.connection.driver_connection
                 raise sa.exc.DBAPIError.instance(
                     "COPY", None, exc, psycopg.Error,
                     connection_invalidated=raw.closed or raw.broken) from exc
-            conn.execute(sa.text(upsert_sql(schema, cols, STAGE, SEQ, quote)))
             for unit in units:
                 self._record(conn, schema, unit)
             return rows
         return self._run(merge)
 
+    def _copy_new_rows(self, conn, schema: Schema, out: str, units, cols: list[str]):
+        """COPY straight into the table in a savepoint; None (rolled back) if a key is there."""
+        savepoint = conn.begin_nested()
+        try:
+            rows = self._copy(conn, out, units, cols, quote(schema.name), False)
+        except psycopg.errors.UniqueViolation:
+            savepoint.rollback()
+            return None
+        savepoint.commit()
+        return rows
+
+    def _stage_and_merge(self, conn, schema: Schema, out: str, units, cols: list[str]) -> int:
+        names = ", ".join(quote(c) for c in cols)
+        conn.execute(sa.text(f"CREATE TEMP TABLE {STAGE} ON COMMIT DROP AS SELECT {names} "
+                             f"FROM {quote(schema.name)} WITH NO DATA"))
+        conn.execute(sa.text(f"ALTER TABLE {STAGE} ADD COLUMN {SEQ} bigint"))
+        rows = self._copy(conn, out, units, cols, STAGE, True)
+        conn.execute(sa.text(upsert_sql(schema, cols, STAGE, SEQ, quote)))
+        return rows
+
     @staticmethod
-    def _copy(conn, out: str, units: tuple[LoadUnit, ...], cols: list[str], names: str) -> int:
+    def _copy(conn, out: str, units: tuple[LoadUnit, ...], cols: list[str], table: str,
+              seq: bool) -> int:
+        """COPY the units' rows into ``table`` (with a SEQ row number if ``seq``); rows sent.
+
+        A queued writer sends from a thread, so Parquet is read and turned into CSV
+        while the server parses what was sent before.
+        """
         cursor = conn.connection.driver_connection.cursor()
         folder = Folder(out)
-        seq = 0
-        with cursor.copy(f"COPY {STAGE} ({names}, {SEQ}) FROM STDIN (FORMAT csv)") as copy:
+        target = ", ".join([quote(c) for c in cols] + ([SEQ] if seq else []))
+        sent = 0
+        with cursor.copy(f"COPY {table} ({target}) FROM STDIN (FORMAT csv)",
+                         writer=QueuedLibpqWriter(cursor)) as copy:
             for rel, _ in (f for unit in units for f in unit.files):
                 pf = pq.ParquetFile(folder.join(rel), filesystem=folder.arrow_fs)
                 present = [c for c in cols if c in pf.schema_arrow.names]
                 for batch in pf.iter_batches(COPY_BATCH_ROWS, columns=present):
                     if present != cols:  # an older file without a newer field: nulls
                         batch = _with_columns(batch, cols)
-                    copy.write(csv_bytes(batch, seq))
-                    seq += batch.num_rows
-        return seq
+                    copy.write(csv_bytes(batch, sent if seq else None))
+                    sent += batch.num_rows
+        return sent
+
+
+def _first_keys_there(conn, schema: Schema, out: str, units: tuple[LoadUnit, ...]) -> bool:
+    """Whether any of the first ``PROBE_KEYS`` keys of the units is in the table already."""
+    folder = Folder(out)
+    pf = pq.ParquetFile(folder.join(units[0].files[0][0]), filesystem=folder.arrow_fs)
+    batch = next(pf.iter_batches(PROBE_KEYS, columns=[schema.key]), None)
+    if batch is None or batch.num_rows == 0:
+        return False
+    return bool(conn.execute(sa.text(
+        f"SELECT EXISTS (SELECT 1 FROM {quote(schema.name)} WHERE {quote(schema.key)} "
+        "= ANY(:keys))"), {"keys": batch.column(0).to_pylist()}).scalar())
 
 
 def _with_columns(batch: pa.RecordBatch, cols: list[str]) -> pa.RecordBatch:
