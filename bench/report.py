@@ -400,13 +400,13 @@ SPOOL_TEXT = (
 
 
 def render(ds, results: list[Result], codecs: tuple[str, ...], machine: list[str],
-           repeat: int) -> str:
-    """The whole of RESULTS.md."""
+           repeat: int, command: str = "python bench/run.py") -> str:
+    """The whole of RESULTS.md; ``command``: the bench command line that measured it."""
     import time
 
     runs = "one run per step" if repeat == 1 else f"fastest of {repeat} runs per step"
     parts = [
-        f"# Benchmarks ({time.strftime('%Y-%m-%d %H:%M')}, `python bench/run.py`)", "",
+        f"# Benchmarks ({time.strftime('%Y-%m-%d %H:%M')}, `{command}`)", "",
         *machine, "",
         "Job (bench/bench_schema.toml, the same in every tool): keep 20 subreddits, project and "
         "type 6 columns (created_utc from int, float or numeric string), write zstd Parquet in "

@@ -237,7 +237,8 @@ def run_full(args) -> list[Result]:
     if not args.no_spool:
         results += run_spool(ds, work, args.repeat)
     save_raw(ds, results)
-    text = report.render(ds, results, codecs, machine_lines(), args.repeat)
+    text = report.render(ds, results, codecs, machine_lines(), args.repeat,
+                         " ".join(["python bench/run.py", *sys.argv[1:]]))
     tmp = RESULTS.with_suffix(".md.tmp")
     tmp.write_text(text)
     os.replace(tmp, RESULTS)
