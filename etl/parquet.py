@@ -31,6 +31,8 @@ ROW_GROUP_ROWS = 128 * 1024     # most rows per Parquet row group
 BUFFER_BYTES = 16 << 20         # 16 MiB of Arrow data buffered over all dates; then the
                                 # largest date is flushed: bounds memory whatever the shard size
 MAX_OPEN_FILES = 64             # open Parquet writers per shard; the least recent closes first
+MAX_ROW_GROUPS = 64             # row groups per file: an open writer holds the metadata of
+                                # all of its row groups (measured: RSS grew with the input)
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
 REJECTS_DIR, MANIFEST_DIR = "_rejects", "_manifest"
 REJECT_SCHEMA = pa.schema([
@@ -47,6 +49,7 @@ class _DateFile:
     final: str
     writer: pq.ParquetWriter
     rows: int = 0
+    groups: int = 0  # row groups written
 
 
 class ShardWriter:
@@ -86,12 +89,15 @@ class ShardWriter:
             yield span["min"].as_py().isoformat(), table  # one date: usual for time-ordered dumps
             return
         order = pc.sort_indices(dates)  # nulls last
-        table, dates = table.take(order), dates.take(order)
+        dates = dates.take(order)
         runs = pc.run_end_encode(dates.combine_chunks() if hasattr(dates, "combine_chunks")
                                  else dates)
         start = 0
         for end, d in zip(runs.run_ends.to_pylist(), runs.values.to_pylist()):
-            yield (NULL_PARTITION if d is None else d.isoformat()), table.slice(start, end - start)
+            # a take, not a slice: a slice would keep the whole batch alive while its date
+            # waits in the buffer (memory the buffer does not count; it grew with the input)
+            part = table.take(order.slice(start, end - start))
+            yield (NULL_PARTITION if d is None else d.isoformat()), part
             start = end
 
     def _flush(self, date: str) -> None:
@@ -102,7 +108,10 @@ class ShardWriter:
         self._open[date] = f  # re-insert (most recently used last) first: abort() must find it
         f.writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
         f.rows += table.num_rows
-        if len(self._open) > MAX_OPEN_FILES:
+        f.groups += -(-table.num_rows // ROW_GROUP_ROWS)
+        if f.groups >= MAX_ROW_GROUPS:  # a writer keeps every row group's metadata: roll over
+            self._close(date)
+        elif len(self._open) > MAX_OPEN_FILES:
             self._close(next(iter(self._open)))
 
     def _new_file(self, date: str) -> _DateFile:

@@ -319,3 +319,39 @@ def test_fsspec_output_url_and_load(tmp_path):
     loaded = run_load(out, load_schema(COMMENTS), db)
     assert loaded["table_rows"] == first["rows_written"]
     assert run_load(out, load_schema(COMMENTS), db)["files_loaded"] == 0
+
+
+def test_writer_rolls_files_and_keeps_no_batch_alive(tmp_path, monkeypatch):
+    """A date's file closes after MAX_ROW_GROUPS row groups (an open writer holds every row
+    group's metadata), and buffered rows are copies, not slices pinning their whole batch."""
+    from collections import Counter
+
+    import pyarrow as pa
+
+    from etl import parquet
+    from etl.schema import load_schema
+
+    monkeypatch.setattr(parquet, "MAX_ROW_GROUPS", 2)
+    monkeypatch.setattr(parquet, "BUFFER_BYTES", 1)  # flush at every write
+    schema = load_schema(COMMENTS)
+    arrow = schema.arrow_schema()
+    w = parquet.ShardWriter(str(tmp_path), "s", arrow, schema.partition_by,
+                            schema.partition_column)
+    day, n = 86_400 * 1_000_000, 2000
+    for i in range(5):  # two dates per table, interleaved
+        cols = {f.name: pa.nulls(n, f.arrow_type) for f in schema.fields}
+        cols["id"] = pa.array([f"{i}-{j:08d}" for j in range(n)])
+        cols["subreddit"] = pa.array(["x"] * n)
+        cols["created_utc"] = pa.array([(j % 2) * day for j in range(n)],
+                                       arrow.field("created_utc").type)
+        table = pa.table(cols, schema=arrow)
+        for _, part in w._split(table):
+            assert part.num_rows == n // 2
+            size = part.column("id").get_total_buffer_size()
+            assert size < 0.6 * table.column("id").get_total_buffer_size()
+        w.write(table)
+    files = w.commit()
+    assert sum(f["rows"] for f in files) == 5 * n
+    per_date = Counter(f["path"].split("/")[0] for f in files)
+    assert per_date == {"created_utc_date=1970-01-01": 3, "created_utc_date=1970-01-02": 3}
+    assert all(pq.ParquetFile(tmp_path / f["path"]).num_row_groups <= 2 for f in files)
