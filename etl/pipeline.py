@@ -16,6 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import dask
 import dask.bag as db
+import dask.local
+import dask.multiprocessing
+import dask.threaded
 
 from etl.config import IngestConfig
 from etl.errors import ConfigError
@@ -55,14 +58,20 @@ def batches(inputs: list[str], schema: Schema, batch_bytes: int = 8 << 20) -> db
     return shard_bag(shards).map_partitions(_tables, schema, batch_bytes)
 
 
+# dask's own functions for the local schedulers: given by name, dask first imports
+# `distributed` to look for a client (0.15-0.2 s of every run)
+LOCAL = {"synchronous": dask.local.get_sync, "threads": dask.threaded.get,
+         "processes": dask.multiprocessing.get}
+
+
 def _compute(bag: db.Bag, scheduler: str, announce: bool = False) -> list[dict]:
     if "://" not in scheduler:
         # chunksize 1: one shard per hand-out, or dask's default batch of 6 ready tasks
         # sends every shard of a small run to one worker (measured: 1 of 2 cores busy)
-        kwargs = {"num_workers": os.cpu_count(), "chunksize": 1} if scheduler == "processes" \
-            else {}
+        kwargs = {"num_workers": os.cpu_count(), "chunksize": 1} \
+            if scheduler == "processes" else {}
         with dask.config.set({"multiprocessing.context": "spawn"}):
-            return bag.compute(scheduler=scheduler, **kwargs)
+            return bag.compute(scheduler=LOCAL[scheduler], **kwargs)
     from distributed import Client
 
     with Client(scheduler) as client:
