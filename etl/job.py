@@ -46,6 +46,7 @@ def process_shard(shard: Shard, cfg: IngestConfig) -> dict:
     if not cfg.force and _unchanged(prev, shard, fp):
         return skipped_record(shard, prev)
     parquet.forget_manifest(cfg.out, shard.id)
+    parquet.discard_temp(cfg.out, shard.id)
     rec = _run(shard, cfg, start)
     rec["fingerprint"] = fp
     if rec["status"] != "ok":
@@ -153,6 +154,7 @@ def prepare_parts(shard: Shard, parts: list[Part], cfg: IngestConfig) -> dict | 
     if not cfg.force and _unchanged(prev, shard, fp):
         return skipped_record(shard, prev)
     parquet.forget_manifest(cfg.out, shard.id)
+    parquet.discard_temp(cfg.out, shard.id)
     return None
 
 
@@ -205,7 +207,7 @@ def finish_parts(shard: Shard, recs: list[dict], cfg: IngestConfig, start: float
         rec["seconds"] = round(time.monotonic() - start, 3)
         parquet.write_manifest(cfg.out, shard.id, rec)
     except Exception as exc:
-        parquet.discard_parts(cfg.out, shard.id)
+        parquet.discard_temp(cfg.out, shard.id)
         parquet.remove_shard_files(cfg.out, shard.id)
         read = sum(r.get("lines", 0) for r in recs)
         rec = _failed(shard, rec, exc, start)

@@ -202,11 +202,13 @@ def _remove(out: Folder, *names: str) -> None:
             out.remove(p)
 
 
-def discard_parts(out: str, shard_id: str) -> None:
-    """Delete the temporary files the parts of a split shard left (a part failed)."""
+def discard_temp(out: str, shard_id: str) -> None:
+    """Delete the shard's unpublished temporary files: a failed part's siblings, or what a
+    killed run left (the run lock guarantees no other run is writing them)."""
     sid = glob.escape(shard_id)
-    _remove(Folder(out), f".{sid}-{PART}-{SEQ}.parquet.tmp",
-            posixpath.join(REJECTS_DIR, f".{sid}.{PART}.parquet.tmp"))
+    _remove(Folder(out), f".{sid}-{SEQ}.parquet.tmp", f".{sid}-{PART}-{SEQ}.parquet.tmp",
+            posixpath.join(REJECTS_DIR, f".{sid}.{PART}.parquet.tmp"),
+            posixpath.join(REJECTS_DIR, f".{sid}.parquet.tmp"))
 
 
 def merge_rejects(out: str, shard_id: str, pieces: list[tuple[str, int, int]]) -> str | None:

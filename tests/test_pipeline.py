@@ -355,3 +355,23 @@ def test_writer_rolls_files_and_keeps_no_batch_alive(tmp_path, monkeypatch):
     per_date = Counter(f["path"].split("/")[0] for f in files)
     assert per_date == {"created_utc_date=1970-01-01": 3, "created_utc_date=1970-01-02": 3}
     assert all(pq.ParquetFile(tmp_path / f["path"]).num_row_groups <= 2 for f in files)
+
+
+def test_temporary_files_a_killed_run_left_are_removed_when_the_shard_is_redone(tmp_path):
+    from etl.shards import find_shards
+
+    src = write_shard(tmp_path, "a.ndjson", sample_bytes(300, seed=31), "none")
+    sid = find_shards([str(src)])[0].id
+    out = tmp_path / "out"
+    left = [out / "created_utc_date=2015-01-02" / f".{sid}-000007.parquet.tmp",
+            out / "created_utc_date=2015-01-02" / f".{sid}-p0001-000003.parquet.tmp",
+            out / "_rejects" / f".{sid}.parquet.tmp",
+            out / "_rejects" / f".{sid}.p0002.parquet.tmp"]
+    other = out / "created_utc_date=2015-01-02" / ".other.zst-12345678-000000.parquet.tmp"
+    for p in left + [other]:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"half a file")
+    report = etl.ingest([str(src)], COMMENTS, str(out), scheduler="synchronous")
+    assert report["status"]["ok"] == 1
+    assert not any(p.exists() for p in left)
+    assert other.exists()  # another shard's: not this shard's to remove
