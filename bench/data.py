@@ -62,6 +62,10 @@ class Dataset:
         """All zst shards concatenated into one multi-frame file (the 4x memory run)."""
         return self.root / "zst-4x" / "RC_2015-01_all.ndjson.zst"
 
+    def one_plain(self) -> Path:
+        """All plain shards as one file (the one-big-shard run)."""
+        return self.root / "none-1" / "RC_2015-01_all.ndjson"
+
 
 def full_dataset() -> Dataset:
     """4 shards, 2M lines: about 1.1 GB of text, as the issue asks (>= 1 GB, 4+ shards)."""
@@ -120,7 +124,7 @@ def _compress_one(codec: str, src: Path, dst: Path) -> None:
 
 
 def _concatenate(parts: list[Path], dst: Path) -> None:
-    """Concatenated zstd frames are one valid zstd file."""
+    """One file of ``parts`` (concatenated zstd frames are one valid zstd file)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".tmp")
     with open(tmp, "wb") as out:
@@ -148,6 +152,8 @@ def build(ds: Dataset, four_x: bool = False) -> None:
         list(pool.map(lambda job: _compress_one(*job), jobs))
     if four_x and not ds.four_x().exists():
         _concatenate(ds.files("zst"), ds.four_x())
+    if four_x and "none" in ds.codecs and not ds.one_plain().exists():
+        _concatenate(ds.plain(), ds.one_plain())
 
 
 SPOOL_CLIENTS = 8  # ncat clients of the spooler comparison

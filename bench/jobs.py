@@ -55,8 +55,8 @@ NOT_READ = {
 
 @dataclass(frozen=True)
 class Step:
-    """One command to time; ``kind``: etl, etl-variant, engine, limit1, limit2, memory, load,
-    pgload, spool."""
+    """One command to time; ``kind``: etl, etl-variant, engine, limit1, limit2, memory,
+    bigshard, load, pgload, spool."""
 
     codec: str
     tool: str
@@ -156,10 +156,30 @@ def codec_steps(ds: Dataset, codec: str, work: Path, tools: tuple[str, ...]) -> 
 def memory_steps(ds: Dataset, work: Path) -> list[Step]:
     """etl, synchronous, on one zst shard (1x) and on all four in one file (4x)."""
     one = ds.files("zst")[0]
-    return [etl_step("zst", [one], work, ds.plain_bytes(1), "synchronous",
-                     "etl synchronous, 1 shard (1×)", "memory"),
-            etl_step("zst", [ds.four_x()], work, ds.plain_bytes(), "synchronous",
-                     "etl synchronous, 4 shards in one file (4×)", "memory")]
+    steps = [etl_step("zst", [one], work, ds.plain_bytes(1), "synchronous",
+                      "etl synchronous, 1 shard (1×)", "memory"),
+             etl_step("zst", [ds.four_x()], work, ds.plain_bytes(), "synchronous",
+                      "etl synchronous, 4 shards in one file (4×)", "memory")]
+    # one stream each: the 4x file would otherwise split into parts
+    return [replace(s, argv=s.argv + ("--part-mb", "0")) for s in steps]
+
+
+def big_shard_steps(ds: Dataset, work: Path) -> list[Step]:
+    """etl on one big file that splits, in parts (the default) and as one stream.
+
+    The four zst shards as one file of four frames, and the plain shards as one file.
+    """
+    files = [("zst", ds.four_x(), "one zst file of 4 frames")]
+    if "none" in ds.codecs:
+        files.append(("none", ds.one_plain(), "one plain file"))
+    steps = []
+    for codec, path, what in files:
+        for how, extra in (("in parts (--part-mb 128)", ()),
+                           ("one stream (--part-mb 0)", ("--part-mb", "0"))):
+            step = etl_step(codec, [path], work, ds.plain_bytes(), tool=f"etl, {what}, {how}",
+                            kind="bigshard")
+            steps.append(replace(step, argv=step.argv + extra))
+    return steps
 
 
 def load_steps(parquet: Path, work: Path) -> list[Step]:

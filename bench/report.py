@@ -25,7 +25,7 @@ GROWTH_LIMIT = 1.10  # peak RSS at 4x input over peak RSS at 1x
 LOAD_TARGET = 0.8  # etl load throughput over DuckDB's own CREATE TABLE AS
 PG_LOAD_TARGET = 0.8  # etl load into Postgres over psql \copy of the same rows as CSV
 NOISY = 0.15  # others' share of the machine above which a verdict is marked noisy
-JOB_KINDS = ("etl", "etl-variant", "engine")  # steps that run the whole job and write rows
+JOB_KINDS = ("etl", "etl-variant", "engine", "bigshard")  # run the whole job, write rows
 CODEC_TITLES = {"zst": "zst", "gz": "gz", "none": "plain (none)", "xz": "xz", "bz2": "bz2",
                 "zst-long": "zst --long=31 (2 GiB window)"}
 
@@ -180,6 +180,31 @@ def memory_check(results: list[Result]) -> tuple[Result, Result, float | None] |
     if len(runs) < 2:
         return None
     return runs[0], runs[1], ratio(runs[1].max_rss_mib, runs[0].max_rss_mib)
+
+
+BIG_TEXT = ("One file holding the whole 1.1 GB: etl cuts a file that can split (here "
+            "zstd frames, plain text) into parts that run in parallel on both workers, or, with "
+            "`--part-mb 0`, reads it as one stream on one worker.")
+
+
+def big_shard_lines(results: list[Result]) -> list[str]:
+    """The one-big-shard table and, per file, in parts over one stream."""
+    runs = [r for r in results if r.step.kind == "bigshard"]
+    if not runs:
+        return ["(not run)"]
+    lines = ["| run | seconds | MB/s | cores used | peak MiB, whole tree (PSS) | rows written |"
+             " note |", "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        lines.append(f"| {r.step.tool} | {_num(r.seconds, '{:.1f}')} | "
+                     f"{_num(r.mb_per_s, '{:.0f}')} | {_num(r.cores, '{:.2f}')} | "
+                     f"{_num(r.tree_mib, '{:.0f}')} | {_num(r.rows, '{:,}')} | "
+                     f"{r.error or r.step.note} |")
+    lines.append("")
+    for parts, stream in zip(runs[::2], runs[1::2]):
+        what = parts.step.tool.split(", ")[1]
+        lines.append(f"- {what}: in parts {_times(ratio(stream.seconds, parts.seconds))} "
+                     "the speed of one stream")
+    return lines
 
 
 def load_check(results: list[Result], kind: str = "load"
@@ -436,7 +461,8 @@ def render(ds, results: list[Result], codecs: tuple[str, ...], machine: list[str
     for codec in codecs:
         parts += codec_table(results, codec)
     parts += ["## Memory: etl at 1× and 4× input (zst, synchronous scheduler)", "",
-              *memory_lines(results), "", "## Loading", "", LOAD_TEXT, "",
+              *memory_lines(results), "", "## One big shard", "", BIG_TEXT, "",
+              *big_shard_lines(results), "", "## Loading", "", LOAD_TEXT, "",
               *load_lines(results), "", "## Spooler", "", SPOOL_TEXT.format(clients=CLIENTS), "",
               *spool_lines(results, ds.lines), "", "## Notes", "", *notes_lines(results, codecs),
               ""]

@@ -227,9 +227,12 @@ def run_full(args) -> list[Result]:
         steps = jobs.codec_steps(ds, codec, work, ("limit", "etl", "etl-variant", "duckdb",
                                                    "polars"))
         results += run_steps(steps, args.repeat)
-    if not args.no_memory:
+    if not args.no_memory and "zst" in codecs:
         warm([ds.files("zst")[0], ds.four_x()])
         results += run_steps(jobs.memory_steps(ds, work), 1)
+        big = jobs.big_shard_steps(ds, work)
+        warm([Path(s.argv[s.argv.index("ingest") + 1]) for s in big])
+        results += run_steps(big, args.repeat)
     etl_zst = report.etl_of(results, "zst")
     if not args.no_load and etl_zst is not None:
         results += run_steps(jobs.load_steps(etl_zst.step.out, work), args.repeat)

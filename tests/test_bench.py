@@ -220,3 +220,18 @@ def test_postgres_and_spooler_rows_in_the_report():
     spooled = report.spool_lines(results, 20)
     assert "| 0.20× |" in spooled[2] and "20 (= sent)" in spooled[2]
     assert "20 (≠ 21 sent)" in report.spool_lines(results, 21)[3]
+
+
+def test_big_shard_steps_run_each_file_in_parts_and_as_one_stream(tmp_path):
+    ds = _fake_ds(tmp_path)
+    steps = jobs.big_shard_steps(ds, tmp_path / "work")
+    assert [s.codec for s in steps] == ["zst", "zst", "none", "none"]
+    assert {s.kind for s in steps} == {"bigshard"}
+    assert [s.argv[-2:] == ("--part-mb", "0") for s in steps] == [False, True, False, True]
+    assert str(ds.four_x()) in steps[0].argv and str(ds.one_plain()) in steps[2].argv
+    assert all(s.bytes_in == ds.plain_bytes() for s in steps)
+    memory = jobs.memory_steps(ds, tmp_path / "work")
+    assert all(s.argv[-2:] == ("--part-mb", "0") for s in memory)  # one stream: 1x vs 4x
+    fast, slow = Result(steps[0], seconds=2.0), Result(steps[1], seconds=5.0)
+    text = "\n".join(report.big_shard_lines([fast, slow]))
+    assert "in parts 2.50× the speed of one stream" in text and "one zst file of 4 frames" in text
