@@ -25,6 +25,7 @@ line numbers and offsets are made global when the shard is committed
 
 from __future__ import annotations
 
+import bisect
 import os
 import struct
 import zlib
@@ -69,8 +70,8 @@ def plan(shard: Shard, part_bytes: int = PART_BYTES) -> list[Part] | None:
         with open(shard.path, "rb", buffering=0) as fh:
             codec = detect_codec(_pread(fh, 0, 6))
             if codec is PLAIN:
-                return _ranges(shard, "plain",
-                               _group([*range(0, shard.size, part_bytes), shard.size], part_bytes))
+                n = -(-shard.size // part_bytes)  # equal parts: any byte is a boundary
+                return _ranges(shard, "plain", [shard.size * k // n for k in range(n + 1)])
             walk = {"zstd": _zstd_members, "gzip": _bgzf_members, "xz": _xz_plan}.get(codec.name)
             found = walk(fh, shard.size) if walk else None
     except (OSError, ValueError, IndexError, struct.error):
@@ -159,13 +160,21 @@ def _ranges(shard: Shard, codec: str, cuts: list[int]) -> list[Part] | None:
 
 
 def _group(bounds: list[int], part_bytes: int) -> list[int]:
-    """Member boundaries (first 0, last the file size) thinned to about ``part_bytes`` apart."""
+    """Member boundaries (first 0, last the file size) thinned to parts of about equal size.
+
+    As many parts as ``part_bytes`` asks for (at least one per ``part_bytes``); each cut
+    is the boundary nearest its equal share, so two workers get about the same work.
+    """
+    size = bounds[-1] - bounds[0]
+    n = min(max(-(-size // part_bytes), 1), len(bounds) - 1)
     cuts = [bounds[0]]
-    for b in bounds[1:-1]:
-        if b - cuts[-1] >= part_bytes:
-            cuts.append(b)
-    if bounds[-1] - cuts[-1] < part_bytes // 4 and len(cuts) > 1:
-        cuts.pop()  # no tiny last part: give it to the one before
+    inner = bounds[1:-1]
+    for k in range(1, n):
+        goal = bounds[0] + size * k // n
+        i = bisect.bisect_left(inner, goal)
+        near = [b for b in inner[max(i - 1, 0):i + 1] if b > cuts[-1]]
+        if near:
+            cuts.append(min(near, key=lambda b: abs(b - goal)))
     return cuts + [bounds[-1]]
 
 

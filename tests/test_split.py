@@ -169,3 +169,19 @@ def test_cli_part_mb_and_real_bgzip_file(tmp_path):
     run_etl("ingest", str(path), "--schema", COMMENTS, "--out", str(tmp_path / "o"),
             "--part-mb", "0.05", "-q", check=0)
     assert glob.glob(str(tmp_path / "o" / "*" / "*-p0001-*.parquet"))
+
+
+def test_parts_are_about_equal():
+    """Cuts at the member boundary nearest each equal share: both workers get the same work."""
+    assert split._group([0, 56, 112, 168, 224], 128) == [0, 112, 224]  # not 168 + 56
+    assert split._group([0, 56, 112, 168, 224], 1000) == [0, 224]
+    assert split._group(list(range(0, 1001)), 250) == [0, 250, 500, 750, 1000]
+    assert split._group([0, 10, 1000], 1) == [0, 10, 1000]  # no more parts than members
+
+
+def test_plain_parts_are_equal(tmp_path):
+    path = tmp_path / "p.ndjson"
+    path.write_bytes(TRICKY)
+    parts = split.plan(find_shards([str(path)])[0], len(TRICKY) // 3 + 1)
+    sizes = [p.size for p in parts]
+    assert len(parts) == 3 and max(sizes) - min(sizes) <= 1
