@@ -38,15 +38,9 @@ def empty_record(shard: Shard, status: str, error: str | None = None) -> dict:
 def process_shard(shard: Shard, cfg: IngestConfig) -> dict:
     """Ingest one shard into ``cfg.out``; return its report record (status ok|skipped|failed)."""
     start = time.monotonic()
-    try:
-        fp = fingerprint(shard)
-    except EtlError as exc:
-        return empty_record(shard, "failed", str(exc))
-    prev = parquet.read_manifest(cfg.out, shard.id)
-    if not cfg.force and _unchanged(prev, shard, fp):
-        return skipped_record(shard, prev)
-    parquet.forget_manifest(cfg.out, shard.id)
-    parquet.discard_temp(cfg.out, shard.id)
+    done, fp = _begin(shard, cfg)
+    if done:
+        return done
     rec = _run(shard, cfg, start)
     rec["fingerprint"] = fp
     if rec["status"] != "ok":
@@ -144,18 +138,27 @@ def _stream(shard: Shard, ident: str, part: int | None, chunks, counter: list[in
 
 # ---------------------------------------------------------------- one shard in parts
 
-def prepare_parts(shard: Shard, parts: list[Part], cfg: IngestConfig) -> dict | None:
-    """Before the parts run: the skipped record if the shard is done, else None (forgotten)."""
+def prepare_parts(shard: Shard, cfg: IngestConfig) -> dict | None:
+    """Before the parts run: the skipped (or failed) record if nothing is to be done."""
+    return _begin(shard, cfg)[0]
+
+
+def _begin(shard: Shard, cfg: IngestConfig) -> tuple[dict | None, str | None]:
+    """(record when the shard is done or cannot be read, else None; its fingerprint).
+
+    A shard to (re)do loses its manifest record first, so a crash means "redo", and
+    the temporary files a killed run left for it.
+    """
     try:
         fp = fingerprint(shard)
     except EtlError as exc:
-        return empty_record(shard, "failed", str(exc))
+        return empty_record(shard, "failed", str(exc)), None
     prev = parquet.read_manifest(cfg.out, shard.id)
     if not cfg.force and _unchanged(prev, shard, fp):
-        return skipped_record(shard, prev)
+        return skipped_record(shard, prev), fp
     parquet.forget_manifest(cfg.out, shard.id)
     parquet.discard_temp(cfg.out, shard.id)
-    return None
+    return None, fp
 
 
 def process_part(part: Part, cfg: IngestConfig) -> dict:

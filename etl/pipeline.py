@@ -89,7 +89,7 @@ def _plan(files: list[Shard], cfg: IngestConfig, records: list[dict]):
         if parts is None:
             items.append(shard)
             continue
-        skipped = prepare_parts(shard, parts, cfg)
+        skipped = prepare_parts(shard, cfg)
         if skipped:
             records.append(skipped)
             continue
