@@ -456,6 +456,17 @@ def test_status_and_run_with_a_corrupt_shard(db_url, tmp_path):
     assert "files pending     0" in text and str(bad) in text
 
 
+def test_status_never_creates_a_duckdb_file(tmp_path):
+    out, db = tmp_path / "out", tmp_path / "not-yet.duckdb"
+    etl.ingest([write_shard(tmp_path, "a.zst", sample_bytes(300, seed=44), "zst")], COMMENTS,
+               out, scheduler="synchronous")
+    st = json.loads(run_etl("status", "--out", out, "--db", f"duckdb:///{db}", "--json",
+                            check=0).stdout)
+    assert not db.exists()
+    assert st["files_loaded"] == 0 and st["files_pending"] == len(manifest_files(out)) > 0
+    assert st["rows"] == {} and "does not exist yet" in st["database"]
+
+
 # ---------------------------------------------------------------- errors: retry, no partial commit
 
 def test_with_retries_retries_transient_errors_then_gives_up():

@@ -207,6 +207,18 @@ def open_loader(url: str) -> Loader:
                       "postgresql+psycopg://")
 
 
+def _unmade_duckdb_file(url: str) -> str | None:
+    """The path of a DuckDB URL's file when it does not exist (connecting would create it)."""
+    try:
+        parsed = sa.make_url(url)
+    except (sa.exc.ArgumentError, ValueError):
+        return None  # open_loader says what is wrong
+    path = parsed.database
+    if parsed.get_backend_name() != "duckdb" or not path or path == ":memory:":
+        return None
+    return None if os.path.exists(path) else path
+
+
 def with_retries(action, what: str, retries: int = RETRIES, backoff: float = BACKOFF):
     """Run ``action()``, retrying TransientLoadError with exponential backoff."""
     for attempt in range(1, retries + 1):
@@ -271,7 +283,11 @@ def status(out: str, url: str | None, pending_inputs: list[str] | None = None) -
         from etl.shards import find_shards
         result["shards_pending"] = [s.path for s in find_shards(pending_inputs)
                                     if not s.is_stdin and not shard_is_done(out, s)]
-    if url:
+    if url and _unmade_duckdb_file(url):  # look, never create: nothing is loaded yet
+        files = [f for u in load_units(out) for f, _ in u.files] if os.path.isdir(out) else []
+        result.update(database=f"{_unmade_duckdb_file(url)} (does not exist yet)",
+                      files_loaded=0, files_pending=len(files), rows={})
+    elif url:
         loader = open_loader(url)
         try:
             done = loader.loaded()
