@@ -60,6 +60,7 @@ class Rows:
         self.attr = attr
         self.full_type = _struct("Row", keys, attr)
         self._full = msgspec.json.Decoder(self.full_type)
+        self.full_decoder = self._full
         used = {flt.field for flt in schema.filters}
         pre = list(dict.fromkeys(f.path[0] for f in schema.fields if f.name in used))
         self.pre = msgspec.json.Decoder(_struct("PreRow", pre, attr)) \
@@ -95,13 +96,18 @@ class Rows:
         """A full Row from an orjson dict (lines the fast path handed to orjson)."""
         return self.full_type(**{a: obj.get(k) for k, a in self.attr.items()})
 
-    def full_all(self, lines: list[bytes], rows: list) -> list:
+    def full_all(self, lines, rows: list) -> list:
         """``full`` over many rows: one ``decode_lines`` call when none is decoded in full.
 
+        ``lines`` (made only when needed: a callable giving the list) are the rows' lines.
         Each line held one document for ``first``, so the counts agree unless the
         full decoder reads differently; then line by line.
         """
-        if rows and all(type(r) is not self.full_type for r in rows):
+        full = self.full_type
+        if all(type(r) is full for r in rows):
+            return rows  # decoded in full already
+        lines = lines()
+        if all(type(r) is not full for r in rows):
             try:
                 again = self._full.decode_lines(b"\n".join(lines))
             except FAST_ERRORS:

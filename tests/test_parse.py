@@ -724,8 +724,9 @@ def test_skipped_huge_numbers_follow_the_documented_rule():
         assert [r.reason for r in res.rejects] == ["invalid_json"]
 
 
+@pytest.mark.parametrize("full_first", [0.0, 2.0], ids=["all-keys-first", "filter-keys-first"])
 @pytest.mark.parametrize("filters", [None, FILTERED], ids=["no-filter", "filter"])
-def test_span_path_equals_orjson_path_on_raw_batches(filters):
+def test_span_path_equals_orjson_path_on_raw_batches(filters, full_first, monkeypatch):
     """The fastest path (lines decoded straight from the joined batch) changes nothing.
 
     Lines that must leave it, sprinkled among clean ones: blank and whitespace-only
@@ -733,8 +734,10 @@ def test_span_path_equals_orjson_path_on_raw_batches(filters):
     """
     import tomllib
 
+    from etl import parse
     from etl.sample import iter_lines
 
+    monkeypatch.setattr(parse, "FULL_FIRST", full_first)  # either decoding order, same result
     doc = tomllib.loads(COMMENTS_SCHEMA.read_text())
     if filters:
         doc["filter"] = filters
