@@ -375,3 +375,14 @@ def test_temporary_files_a_killed_run_left_are_removed_when_the_shard_is_redone(
     assert report["status"]["ok"] == 1
     assert not any(p.exists() for p in left)
     assert other.exists()  # another shard's: not this shard's to remove
+
+
+def test_worker_start_spares_the_pandas_import_and_breaks_nothing():
+    code = ("import sys; from etl.pipeline import _worker_start; _worker_start(); "
+            "import pyarrow as pa, pyarrow.compute as pc; "
+            "assert 'pandas' not in sys.modules; "
+            "assert pc.is_in(pa.array(['a', 'b']), value_set=pa.array(['a'])).to_pylist() "
+            "== [True, False]; "
+            "import pandas; assert pandas.DataFrame({'a': [1]}).shape == (1, 1); print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == b"ok", proc.stderr.decode()
