@@ -169,7 +169,7 @@ def process_part(part: Part, cfg: IngestConfig) -> dict:
         chunks = part_chunks(part, counter, owned)
         rec, writer, rejects = _stream(part.shard, part.id, part.index, chunks, counter, cfg,
                                        start)
-    except Exception as exc:  # opening failed
+    except Exception as exc:  # setting up the parser or writers failed
         rec, writer, rejects = _failed(part.shard, empty_record(part.shard, "ok"), exc, start), \
             None, None
     rec.update(part=part.index, parts=part.count, owned_bytes=owned[0])

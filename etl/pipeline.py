@@ -159,10 +159,10 @@ def run_ingest(inputs: list[str], cfg: IngestConfig) -> dict:
     with ProgressBar(cfg.out, total, cfg.progress), ThreadPoolExecutor(1) as pool:
         from_stdin = [pool.submit(process_shard, s, cfg) for s in stdin]
         if items:
-            done = _compute(shard_bag(items).map(_process, cfg), cfg.scheduler, True)
-            records += [r for r in done if "part" not in r]
+            results = _compute(shard_bag(items).map(_process, cfg), cfg.scheduler, True)
+            records += [r for r in results if "part" not in r]
             for path, shard in split_shards.items():
-                records.append(finish_parts(shard, [r for r in done if r.get("part") is not None
+                records.append(finish_parts(shard, [r for r in results if "part" in r
                                                     and r["path"] == path], cfg, start))
         records += [f.result() for f in from_stdin]
     order = {s.path: i for i, s in enumerate(shards)}

@@ -59,13 +59,12 @@ class Rows:
         attr = {k: f"k{i}" for i, k in enumerate(keys)}
         self.attr = attr
         self.full_type = _struct("Row", keys, attr)
-        self._full = msgspec.json.Decoder(self.full_type)
-        self.full_decoder = self._full
+        self.full_decoder = msgspec.json.Decoder(self.full_type)
         used = {flt.field for flt in schema.filters}
         pre = list(dict.fromkeys(f.path[0] for f in schema.fields if f.name in used))
         self.pre = msgspec.json.Decoder(_struct("PreRow", pre, attr)) \
             if pre and len(pre) < len(keys) else None
-        self.first = self.pre or self._full
+        self.first = self.pre or self.full_decoder
         self.getter = {k: operator.attrgetter(a) for k, a in attr.items()}
 
     def decode_all(self, lines: list[bytes]) -> list | None:
@@ -86,7 +85,7 @@ class Rows:
     def decode_needed(self, line: bytes) -> dict | None:
         """The needed keys of a line orjson refused, when msgspec reads it (see above)."""
         try:
-            row = self._full.decode(line)
+            row = self.full_decoder.decode(line)
             line.decode("utf-8")
         except (*FAST_ERRORS, UnicodeDecodeError):
             return None
@@ -109,7 +108,7 @@ class Rows:
         lines = lines()
         if all(type(r) is not full for r in rows):
             try:
-                again = self._full.decode_lines(b"\n".join(lines))
+                again = self.full_decoder.decode_lines(b"\n".join(lines))
             except FAST_ERRORS:
                 again = None
             if again is not None and len(again) == len(rows):
@@ -121,6 +120,6 @@ class Rows:
         if type(row) is self.full_type:
             return row
         try:
-            return self._full.decode(line)
+            return self.full_decoder.decode(line)
         except FAST_ERRORS:  # nesting msgspec refuses deeper than orjson does
             return self.from_dict(orjson.loads(line))

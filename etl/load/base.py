@@ -283,9 +283,10 @@ def status(out: str, url: str | None, pending_inputs: list[str] | None = None) -
         from etl.shards import find_shards
         result["shards_pending"] = [s.path for s in find_shards(pending_inputs)
                                     if not s.is_stdin and not shard_is_done(out, s)]
-    if url and _unmade_duckdb_file(url):  # look, never create: nothing is loaded yet
+    unmade = _unmade_duckdb_file(url) if url else None
+    if unmade:  # look, never create: nothing is loaded yet
         files = [f for u in load_units(out) for f, _ in u.files] if os.path.isdir(out) else []
-        result.update(database=f"{_unmade_duckdb_file(url)} (does not exist yet)",
+        result.update(database=f"{unmade} (does not exist yet)",
                       files_loaded=0, files_pending=len(files), rows={})
     elif url:
         loader = open_loader(url)
