@@ -29,8 +29,9 @@ UNIT_US = {"s": US_PER_S, "ms": 1_000, "us": 1}  # timestamp units: microseconds
 def as_orjson_reads(v):
     """An integer beyond what orjson keeps as int becomes the float orjson makes of it.
 
-    The msgspec fast path reads big integers exactly; this makes both paths see the
-    same value (nested ones included), so output never depends on the path.
+    msgspec (``Rows.decode_needed``, for lines orjson refuses) reads big integers
+    exactly; this makes every path see the same value (nested ones included), so
+    output never depends on the path.
     """
     t = type(v)
     if t is int:
@@ -200,7 +201,7 @@ def to_json(v):
         return orjson.dumps(v).decode()
     except orjson.JSONEncodeError:
         pass
-    try:  # an integer beyond 64 bits (fast path), written as orjson reads it
+    try:  # an integer beyond 64 bits (read by msgspec), written as orjson reads it
         return orjson.dumps(as_orjson_reads(v)).decode()
     except (orjson.JSONEncodeError, RecursionError):  # orjson reads 1024 levels, writes 254
         raise BadValue("value is nested too deeply to write as JSON text") from None

@@ -1,10 +1,18 @@
 """Pure: a batch of raw lines -> one typed Arrow table plus the rejected lines.
 
-Per line only the unavoidable work happens in Python: orjson parses it and
-non-objects are set aside (``not_object``). Everything else is columnar: each
-field's values are gathered with one comprehension, converted to Arrow in C
-when their Python types allow it (else value by value through ``etl.coerce``),
-cleaned and filtered with ``pyarrow.compute``.
+Two paths give the same result, line for line (tests/test_parse.py compares them):
+
+- the scanner (``etl/_scan.c``), taken when the batch is valid UTF-8: one pass in C
+  proves each line is one JSON object, finds the top-level keys the schema reads,
+  decides a simple string filter on raw bytes, and copies only the kept rows' raw
+  values out; orjson turns them into Python values, one call per key. No Python
+  object is made for a line the filter drops. Lines the scanner is not certain about
+  (see its header) take the orjson path;
+- the orjson path: every line parsed to a dict, non-objects set aside (``not_object``).
+
+Everything after is columnar: each field's values are converted to Arrow in C when
+their Python types allow it (else value by value through ``etl.coerce``), cleaned
+and filtered with ``pyarrow.compute``.
 
 Order of decisions, per row: parse -> object? -> the fields the filter looks
 at (``missing:``/``type:`` rejects) -> the filter (a row it drops is counted
@@ -17,7 +25,6 @@ schema order is named. Nothing here does I/O.
 from __future__ import annotations
 
 import itertools
-import operator
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -26,32 +33,60 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from etl import coerce
+from etl import _scan, coerce
 from etl.columns import clean_column, convert_column, filter_mask
-from etl.rows import FAST_ERRORS, Rows, batch_is_safe
+from etl.rows import Rows, batch_is_safe
 from etl.schema import Field, Schema
 from etl.shards import LineBatch
 
 BOM = b"\xef\xbb\xbf"
 BLANK = object()  # _retry's answer for a whitespace-only line (None is JSON null)
-FULL_FIRST = 0.2  # keep rate above which the fast path decodes every needed key at once
 SLICE_LINES = 4096  # lines whose decoded objects live at once: bounds Python object memory
+SCAN_KEYS = 1024  # most top-level keys the scanner reads (etl/_scan.c MAX_KEYS)
 
 
-class _Spans:
-    """Where each line of a joined batch starts and stops, and which start with ``{``."""
+class _Columns:
+    """Decoded rows held column-wise: top-level key -> the values of every row."""
 
-    def __init__(self, data: bytes, ends: np.ndarray):
-        starts = np.concatenate(([0], ends + 1))
-        stops = np.concatenate((ends, [len(data)]))
-        self.count = len(starts)
-        self.objects = np.zeros(self.count, bool)
-        full = starts < stops
-        self.objects[full] = np.frombuffer(data, np.uint8)[starts[full]] == 0x7B  # "{"
-        self.starts, self.stops, self.data = starts.tolist(), stops.tolist(), data
+    def __init__(self, cols: dict[str, list], n: int):
+        self.cols, self.n = cols, n
 
-    def line(self, i: int) -> bytes:
-        return self.data[self.starts[i]:self.stops[i]]
+    def __len__(self) -> int:
+        return self.n
+
+    def take(self, indices: list[int]) -> _Columns:
+        return _Columns({k: [v[j] for j in indices] for k, v in self.cols.items()},
+                        len(indices))
+
+
+class _ScanPlan:
+    """What ``etl._scan`` needs from a schema: the keys it reads and its byte filter.
+
+    The scanner itself applies a filter only when the schema has exactly one, on a
+    top-level string field with no cleaning, by ``in``/``not_in``/``eq``/``ne``: then
+    a line whose value is a plain JSON string is decided on its raw bytes, exactly as
+    the Python path would (no cleaning can change the string, and no other filter
+    field could reject the row first). Any other schema is filtered in Arrow as usual.
+    """
+
+    def __init__(self, schema: Schema):
+        self.keys = list(dict.fromkeys(f.path[0] for f in schema.fields))
+        self.usable = len(self.keys) <= SCAN_KEYS
+        self.key_bytes = tuple(k.encode() for k in self.keys)
+        self.filter_key, self.values, self.negate = -1, (), False
+        if len(schema.filters) == 1:
+            flt = schema.filters[0]
+            f = schema.field(flt.field)
+            if (flt.op in ("in", "not_in", "eq", "ne") and f.type == "string"
+                    and len(f.path) == 1 and not (f.strip or f.lower or f.null_if
+                                                  or f.html_unescape)):
+                values = flt.value if flt.op in ("in", "not_in") else [flt.value]
+                self.filter_key = self.keys.index(f.path[0])
+                self.values = tuple(v.encode() for v in values)
+                self.negate = flt.op in ("not_in", "ne")
+
+    def scan(self, data: bytes):
+        return _scan.scan(data, self.key_bytes, self.filter_key, self.values, self.negate)
 
 
 @dataclass(frozen=True)
@@ -97,21 +132,19 @@ class Parser:
                               if any(flt.field == f.name for flt in schema.filters)]
         self.other_fields = [f for f in schema.fields if f not in self.filter_fields]
         self.rows = Rows(schema)
-        self.fast = True  # msgspec where it gives what orjson would (tests turn it off)
-        self.keep_rate = 0.0  # share of rows the filter kept lately (moving average)
+        self.plan = _ScanPlan(schema)
+        self.fast = True  # the scanner first (tests turn it off to compare the paths)
 
     def parse_batch(self, batch: LineBatch) -> BatchResult:
         """Parse, check, filter and type every line of ``batch``."""
-        tables, rejects, blank, filtered = [], [], 0, 0
         data = batch.joined()
-        spans = _Spans(data, batch.ends) if self.fast and batch_is_safe(data) else None
-        n = spans.count if spans else batch.count
-        for lo in range(0, n, SLICE_LINES):
-            hi = min(lo + SLICE_LINES, n)
-            part = self._span_slice(data, spans, lo, hi) if spans else None
-            if part is None:
-                part = (self._fast_slice if spans else self._slice)(batch.lines, lo, hi)
-            table, rej, b, flt = part
+        if self.fast and self.plan.usable and batch_is_safe(data):
+            done = self._scan_batch(batch, data)
+            if done is not None:
+                return done
+        tables, rejects, blank, filtered = [], [], 0, 0
+        for lo in range(0, batch.count, SLICE_LINES):
+            table, rej, b, flt, _ = self._slice(batch.lines, lo, lo + SLICE_LINES)
             tables.append(table)
             rejects += rej
             blank += b
@@ -119,51 +152,41 @@ class Parser:
         table = pa.concat_tables(tables) if tables else self.arrow_schema.empty_table()
         return self._result(batch, table, rejects, blank, filtered)
 
+    def _scan_batch(self, batch: LineBatch, data: bytes) -> BatchResult | None:
+        """The scanner path: C decides most lines; the unsure ones take ``_slice``.
+
+        None when a value the schema reads is one orjson refuses (then the whole batch
+        takes the other paths, which judge it line by line).
+        """
+        status, starts, arrays = self.plan.scan(data)
+        status = np.frombuffer(status, np.uint8)
+        if len(status) != batch.count:  # only an empty list of lines: one blank line to C
+            return None
+        try:
+            cols = {k: orjson.loads(a) for k, a in zip(self.plan.keys, arrays)}
+        except orjson.JSONDecodeError:
+            return None
+        kept = np.flatnonzero(status == 1)
+        unsure = np.flatnonzero(status == 2)
+        table, rejects, blank, filtered, rows_at = self._typed(
+            _Columns(cols, len(kept)), kept.tolist(), [], 0)
+        filtered += len(status) - len(kept) - len(unsure)
+        if len(unsure):
+            starts = np.frombuffer(starts, np.int64)
+            stops = np.append(starts[1:] - 1, len(data))
+            lines = [data[starts[i]:stops[i]] for i in unsure.tolist()]
+            more, rej, b, flt, more_at = self._slice(lines, 0, len(lines))
+            rejects += [(int(unsure[i]), *why) for i, *why in rej]
+            blank += b
+            filtered += flt
+            at = np.concatenate((np.asarray(rows_at, np.int64), unsure[more_at]))
+            table = pa.concat_tables([table, more]).take(np.argsort(at, kind="stable"))
+        return self._result(batch, table, rejects, blank, filtered)
+
     def _slice(self, lines: list[bytes], lo: int, hi: int):
-        """The orjson path: every line parsed to a dict."""
+        """The orjson path over lines lo..hi: every line parsed to a dict."""
         objs, where, rejects, blank = self._decode(lines, range(lo, min(hi, len(lines))))
         return self._typed(objs, where, rejects, blank)
-
-    def _span_slice(self, data: bytes, spans: _Spans, lo: int, hi: int):
-        """The fastest path: lines lo..hi decoded straight from ``data``, never split.
-
-        Taken when every line starts with ``{`` (so none is blank) and msgspec reads
-        exactly one document per line (the counts agree); else None.
-        """
-        if not spans.objects[lo:hi].all():
-            return None
-        # the filter keeps many rows: decoding them all in full at once costs less than
-        # the filter keys of all, then the kept ones again (crossover measured near 17%)
-        decoder = self.rows.full_decoder if self.keep_rate > FULL_FIRST else self.rows.first
-        try:
-            objs = decoder.decode_lines(
-                memoryview(data)[spans.starts[lo]:spans.stops[hi - 1]])
-        except FAST_ERRORS:
-            return None
-        if len(objs) != hi - lo:
-            return None
-        return self._typed(objs, list(range(lo, hi)), [], 0, spans.line)
-
-    def _fast_slice(self, lines: list[bytes], lo: int, hi: int):
-        """The msgspec path: needed keys only; lines msgspec refuses go through orjson."""
-        objs = self.rows.decode_all(lines[lo:hi])
-        if objs is not None:
-            return self._typed(objs, list(range(lo, hi)), [], 0, lines.__getitem__)
-        decode = self.rows.first.decode
-        objs, where, slow = [], [], []
-        for i in range(lo, hi):
-            try:
-                objs.append(decode(lines[i]))
-                where.append(i)
-            except FAST_ERRORS:
-                slow.append(i)
-        rejects, blank = [], 0
-        if slow:
-            dicts, more, rejects, blank = self._decode(lines, slow)
-            merged = sorted(zip(where + more, objs + [self.rows.from_dict(d) for d in dicts]),
-                            key=operator.itemgetter(0))
-            where, objs = [w for w, _ in merged], [o for _, o in merged]
-        return self._typed(objs, where, rejects, blank, lines.__getitem__)
 
     def _decode(self, lines: list[bytes], indices) -> tuple[list[dict], list[int], list, int]:
         """orjson over ``lines[i] for i in indices``: objects, their indices, rejects, blanks."""
@@ -189,19 +212,23 @@ class Parser:
                                 f"expected a JSON object, got {coerce._kind(obj)}"))
         return objs, where, rejects, blank
 
-    def _typed(self, objs: list, where: list[int], rejects: list, blank: int, line=None):
-        """Filter fields, filter, other fields; ``line(i)`` given: re-decode kept Rows in full."""
+    def _typed(self, objs, where: list[int], rejects: list, blank: int):
+        """Filter fields, filter, other fields over dicts or _Columns.
+
+        Returns the table, rejects, blanks, rows filtered, and each row's line index.
+        """
         first, bad = self._convert(self.filter_fields, objs)
         mask = self._passing(first, len(objs), bad)
         keep = pc.indices_nonzero(mask) if len(objs) else pa.array([], pa.uint64())
         filtered = len(objs) - len(bad) - len(keep)
         rejects += [(where[j], *why) for j, why in bad.items()]
-        kept_objs = [objs[j] for j in keep.to_pylist()] if len(keep) < len(objs) else objs
-        kept_where = [where[j] for j in keep.to_pylist()]
-        if len(objs):
-            self.keep_rate += (len(keep) / len(objs) - self.keep_rate) * 0.3
-        if line is not None and self.rows.pre is not None:
-            kept_objs = self.rows.full_all(lambda: [line(w) for w in kept_where], kept_objs)
+        keep_list = keep.to_pylist()
+        if len(keep) == len(objs):
+            kept_objs = objs
+        else:
+            kept_objs = objs.take(keep_list) if type(objs) is _Columns \
+                else [objs[j] for j in keep_list]
+        kept_where = [where[j] for j in keep_list]
         second, bad2 = self._convert(self.other_fields, kept_objs)
         rejects += [(kept_where[k], *why) for k, why in bad2.items()]
         final = pa.array([k for k in range(len(kept_objs)) if k not in bad2], pa.int64()) \
@@ -210,14 +237,16 @@ class Parser:
         for f in self.schema.fields:
             arr = first[f.name].take(keep) if f.name in first else second[f.name]
             cols.append(arr.take(final) if final is not None else arr)
-        return pa.Table.from_arrays(cols, schema=self.arrow_schema), rejects, blank, filtered
+        rows_at = [kept_where[k] for k in final.to_pylist()] if final is not None else kept_where
+        return (pa.Table.from_arrays(cols, schema=self.arrow_schema), rejects, blank, filtered,
+                rows_at)
 
     def _values(self, f: Field, objs: list) -> list:
-        """One field's values over decoded lines: dicts (orjson) or Rows (msgspec)."""
-        if objs and type(objs[0]) is dict:
-            top = list(map(dict.get, objs, itertools.repeat(f.path[0])))
+        """One field's values over decoded lines: dicts (orjson) or _Columns (scanner)."""
+        if type(objs) is _Columns:
+            top = objs.cols[f.path[0]]
         else:
-            top = list(map(self.rows.getter[f.path[0]], objs))
+            top = list(map(dict.get, objs, itertools.repeat(f.path[0])))
         return top if len(f.path) == 1 else [_dig(v, f.path[1:]) for v in top]
 
     def _convert(self, fields: list[Field], objs: list):

@@ -656,6 +656,10 @@ def _hostile_lines() -> list[bytes]:
     out += [b"", b"   ", b"\r", b'\xef\xbb\xbf{"id":"bom","created_utc":1,"subreddit":"x"}',
             b'{"id":"two","created_utc":1,"subreddit":"x"} {"id":"docs"}',
             b'{"id":"dup","id":"dup2","created_utc":1,"subreddit":"x"}']
+    for sub in (b'"\\u00e9"', "\"é\"".encode(), b'"Ask\\u0052eddit"', b'"x\\"', b"null", b"1",
+                b'["x"]', b'"x"', b'"funny"', b'"AskReddit "', b'"x","subreddit":"x"'):
+        out.append(b'{"id":"s","created_utc":1,"subreddit":' + sub + b"}")  # the filter key
+    out += [b'{"id":"s","created_utc":1}', b'{"id":"s","created_utc":1,"sub\\u0072eddit":"x"}']
     return out
 
 
@@ -671,6 +675,10 @@ def _orjson_only(schema):
 
 
 FILTERED = {"subreddit": {"in": ["AskReddit", "funny", "x"]}, "score": {"ge": 0}}
+# one string filter: the scanner decides it on raw bytes (etl/_scan.c)
+BYTE_FILTERS = [{"subreddit": {"in": ["AskReddit", "funny", "x", "é"]}},
+                {"subreddit": {"not_in": ["AskReddit", "x"]}},
+                {"subreddit": {"eq": "AskReddit"}}, {"subreddit": {"ne": "x"}}]
 
 
 READS_SKIPPED = {"skipped_json": {"path": "skipped", "type": "json"},
@@ -678,8 +686,11 @@ READS_SKIPPED = {"skipped_json": {"path": "skipped", "type": "json"},
                  "skipped_float": {"path": "skipped", "type": "float64"}}
 
 
-@pytest.mark.parametrize("filters, extra", [(None, None), (FILTERED, None), (None, READS_SKIPPED)],
-                         ids=["no-filter", "filter", "reads-every-type"])
+@pytest.mark.parametrize("filters, extra",
+                         [(None, None), (FILTERED, None), (None, READS_SKIPPED),
+                          *((f, None) for f in BYTE_FILTERS)],
+                         ids=["no-filter", "filter", "reads-every-type", "byte-in",
+                              "byte-not-in", "byte-eq", "byte-ne"])
 def test_fast_path_equals_orjson_path(filters, extra):
     import tomllib
 
@@ -724,20 +735,19 @@ def test_skipped_huge_numbers_follow_the_documented_rule():
         assert [r.reason for r in res.rejects] == ["invalid_json"]
 
 
-@pytest.mark.parametrize("full_first", [0.0, 2.0], ids=["all-keys-first", "filter-keys-first"])
-@pytest.mark.parametrize("filters", [None, FILTERED], ids=["no-filter", "filter"])
-def test_span_path_equals_orjson_path_on_raw_batches(filters, full_first, monkeypatch):
-    """The fastest path (lines decoded straight from the joined batch) changes nothing.
+@pytest.mark.parametrize("filters", [None, FILTERED, BYTE_FILTERS[0]],
+                         ids=["no-filter", "filter", "byte-filter"])
+def test_scanner_equals_orjson_path_on_raw_batches(filters):
+    """The scanner over a joined batch changes nothing, lines it hands on included.
 
-    Lines that must leave it, sprinkled among clean ones: blank and whitespace-only
-    lines, two documents on one line, CRLF, a BOM, an array, a bad line.
+    Lines it must hand to the orjson path, sprinkled among clean ones: blank and
+    whitespace-only lines, two documents on one line, a BOM, an array, a bad line;
+    CRLF it decides itself.
     """
     import tomllib
 
-    from etl import parse
     from etl.sample import iter_lines
 
-    monkeypatch.setattr(parse, "FULL_FIRST", full_first)  # either decoding order, same result
     doc = tomllib.loads(COMMENTS_SCHEMA.read_text())
     if filters:
         doc["filter"] = filters
@@ -747,19 +757,17 @@ def test_span_path_equals_orjson_path_on_raw_batches(filters, full_first, monkey
            b'{"id":"crlf","created_utc":1,"subreddit":"x"}\r', b"[1]",
            b'\xef\xbb\xbf{"id":"bom","created_utc":1,"subreddit":"x"}', b'{"id": nope}']
     for i, line in enumerate(odd):
-        lines.insert(1000 + i * 1100, line)  # one in each of several 4096-line slices
+        lines.insert(1000 + i * 1100, line)
     raw = b"\n".join(lines)
     fast, slow = Parser(schema), _orjson_only(schema)
-    taken, span_slice = [], fast._span_slice
-
-    def watched(*args):
-        out = span_slice(*args)
-        taken.append(out is not None)
-        return out
-
-    fast._span_slice = watched
+    statuses = []
+    scan = fast.plan.scan
+    fast.plan.scan = lambda data: statuses.append(scan(data)[0]) or scan(data)
     for batch in (LineBatch(None, 5, 100, raw), LineBatch(lines, 5, 100)):
         a, b = _result_key(fast.parse_batch(batch)), _result_key(slow.parse_batch(batch))
         assert a[0].equals(b[0]) and a[1:] == b[1:]
         assert a[3] >= 2 and len(a[1]) >= 2  # blank lines counted, bad lines rejected
-    assert True in taken and False in taken  # both the span path and its way out ran
+    assert len(statuses) == 2  # the scanner took both batches
+    assert all(st.count(2) == len(odd) - 1 for st in statuses)  # and handed on all but CRLF
+    if filters == BYTE_FILTERS[0]:
+        assert all(st.count(0) > 1000 for st in statuses)  # it decided the filter itself

@@ -1,0 +1,512 @@
+/* etl._scan: one pass in C over a batch of NDJSON lines (see etl/scan.py).
+ *
+ * For each line: check strictly that it is one JSON object (RFC 8259 grammar; UTF-8
+ * is checked for the whole batch beforehand), find the top-level keys the schema
+ * reads, apply a simple string filter on raw bytes, and copy the raw value tokens of
+ * the lines kept into one JSON array per key ("[tok,tok,null,...]"), which orjson
+ * then turns into exactly the Python values the dict path would have read.
+ *
+ * A line gets status 0 (filtered: a valid object whose filter key holds a plain
+ * string that fails the filter), 1 (kept: valid, tokens copied) or 2 (unsure: the
+ * Python path must look at it). Anything this scanner is not certain about is 2:
+ * invalid JSON, blank lines, a BOM, a non-object, nesting deeper than MAX_DEPTH, a
+ * lone surrogate escape, a top-level key with escapes, a needed key given twice, a
+ * filter key that is absent or not a plain string. So status 0 and 1 are exact.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
+#define MAX_DEPTH 64
+#define MAX_KEYS 1024
+#define SLOTS 4096 /* hash slots for the keys: a power of two, over 2 x MAX_KEYS */
+
+typedef const unsigned char *ptr;
+
+static unsigned char plain_char[256]; /* 1: may appear unescaped inside a string */
+
+static inline ptr skip_ws(ptr p, ptr end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r'))
+        p++;
+    return p;
+}
+
+static inline int hex4(ptr p, unsigned *out)
+{
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        unsigned c = p[i], d;
+        if (c >= '0' && c <= '9') d = c - '0';
+        else if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
+        else if (c >= 'A' && c <= 'F') d = c - 'A' + 10;
+        else return 0;
+        v = v * 16 + d;
+    }
+    *out = v;
+    return 1;
+}
+
+/* p is just past the opening quote; returns just past the closing quote, or NULL. */
+static ptr skip_string(ptr p, ptr end, int *escaped)
+{
+    for (;;) {
+#ifdef __SSE2__
+        const __m128i quote = _mm_set1_epi8('"'), slash = _mm_set1_epi8('\\');
+        const __m128i low = _mm_set1_epi8(0x1F);
+        while (end - p >= 16) {
+            __m128i x = _mm_loadu_si128((const __m128i *)p);
+            __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote),
+                                                    _mm_cmpeq_epi8(x, slash)),
+                                       _mm_cmpeq_epi8(_mm_min_epu8(x, low), x));
+            int mask = _mm_movemask_epi8(hit);
+            if (mask) {
+                p += __builtin_ctz(mask);
+                goto special;
+            }
+            p += 16;
+        }
+#endif
+        while (p < end && plain_char[*p])
+            p++;
+        if (p >= end)
+            return NULL;
+#ifdef __SSE2__
+    special:
+#endif
+        if (*p == '"')
+            return p + 1;
+        if (*p != '\\')
+            return NULL; /* a control character */
+        *escaped = 1;
+        if (end - p < 2)
+            return NULL;
+        switch (p[1]) {
+        case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
+            p += 2;
+            break;
+        case 'u': {
+            unsigned v, w;
+            if (end - p < 6 || !hex4(p + 2, &v))
+                return NULL;
+            p += 6;
+            if (v >= 0xDC00 && v <= 0xDFFF)
+                return NULL; /* lone low surrogate: unsure */
+            if (v >= 0xD800 && v <= 0xDBFF) { /* must be a pair */
+                if (end - p < 6 || p[0] != '\\' || p[1] != 'u' || !hex4(p + 2, &w) ||
+                    w < 0xDC00 || w > 0xDFFF)
+                    return NULL;
+                p += 6;
+            }
+            break;
+        }
+        default:
+            return NULL;
+        }
+    }
+}
+
+/* *risky set: an exponent or over 300 digits, so maybe beyond double range (orjson
+ * refuses such a number, msgspec reads it: the Python path applies the documented rule) */
+static ptr skip_number(ptr p, ptr end, int *risky)
+{
+    ptr first = p;
+    if (*p == '-')
+        p++;
+    if (p >= end)
+        return NULL;
+    if (*p == '0')
+        p++;
+    else if (*p >= '1' && *p <= '9')
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+    else
+        return NULL;
+    if (p < end && *p == '.') {
+        p++;
+        if (p >= end || *p < '0' || *p > '9')
+            return NULL;
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+    }
+    if (p - first > 300)
+        *risky = 1;
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        *risky = 1;
+        p++;
+        if (p < end && (*p == '+' || *p == '-'))
+            p++;
+        if (p >= end || *p < '0' || *p > '9')
+            return NULL;
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+    }
+    return p;
+}
+
+static ptr skip_value(ptr p, ptr end, int depth, int *risky);
+
+static ptr skip_object(ptr p, ptr end, int depth, int *risky) /* p past '{' */
+{
+    int esc = 0;
+    p = skip_ws(p, end);
+    if (p < end && *p == '}')
+        return p + 1;
+    for (;;) {
+        if (p >= end || *p != '"' || !(p = skip_string(p + 1, end, &esc)))
+            return NULL;
+        p = skip_ws(p, end);
+        if (p >= end || *p != ':')
+            return NULL;
+        p = skip_ws(p + 1, end);
+        if (!(p = skip_value(p, end, depth, risky)))
+            return NULL;
+        p = skip_ws(p, end);
+        if (p >= end)
+            return NULL;
+        if (*p == '}')
+            return p + 1;
+        if (*p != ',')
+            return NULL;
+        p = skip_ws(p + 1, end);
+    }
+}
+
+static ptr skip_array(ptr p, ptr end, int depth, int *risky) /* p past '[' */
+{
+    p = skip_ws(p, end);
+    if (p < end && *p == ']')
+        return p + 1;
+    for (;;) {
+        if (!(p = skip_value(p, end, depth, risky)))
+            return NULL;
+        p = skip_ws(p, end);
+        if (p >= end)
+            return NULL;
+        if (*p == ']')
+            return p + 1;
+        if (*p != ',')
+            return NULL;
+        p = skip_ws(p + 1, end);
+    }
+}
+
+static ptr skip_value(ptr p, ptr end, int depth, int *risky)
+{
+    int esc = 0;
+    if (p >= end)
+        return NULL;
+    switch (*p) {
+    case '"':
+        return skip_string(p + 1, end, &esc);
+    case '{':
+        return depth >= MAX_DEPTH ? NULL : skip_object(p + 1, end, depth + 1, risky);
+    case '[':
+        return depth >= MAX_DEPTH ? NULL : skip_array(p + 1, end, depth + 1, risky);
+    case 't':
+        return end - p >= 4 && memcmp(p, "true", 4) == 0 ? p + 4 : NULL;
+    case 'f':
+        return end - p >= 5 && memcmp(p, "false", 5) == 0 ? p + 5 : NULL;
+    case 'n':
+        return end - p >= 4 && memcmp(p, "null", 4) == 0 ? p + 4 : NULL;
+    default:
+        return (*p == '-' || (*p >= '0' && *p <= '9')) ? skip_number(p, end, risky) : NULL;
+    }
+}
+
+typedef struct {
+    char *data;
+    Py_ssize_t len, cap;
+} Buf;
+
+static int buf_put(Buf *b, const void *src, Py_ssize_t n)
+{
+    if (b->len + n > b->cap) {
+        Py_ssize_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + n)
+            cap *= 2;
+        char *d = PyMem_RawRealloc(b->data, cap);
+        if (!d)
+            return -1;
+        b->data = d;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, src, n);
+    b->len += n;
+    return 0;
+}
+
+typedef struct {
+    int nkeys;
+    const char *key[MAX_KEYS];
+    Py_ssize_t keylen[MAX_KEYS];
+    unsigned mask;          /* slots in use - 1 */
+    short slot[SLOTS];      /* key index + 1, 0 empty: open addressing, linear probing */
+    int filter_key; /* -1: no filter here */
+    int negate;     /* keep when the value is NOT in the set */
+    Py_ssize_t nvalues;
+    const char **value;
+    Py_ssize_t *valuelen;
+} Spec;
+
+enum { FILTERED = 0, KEPT = 1, UNSURE = 2 };
+
+static inline unsigned hash_key(ptr p, Py_ssize_t n)
+{
+    unsigned h = 2166136261u; /* FNV-1a */
+    for (Py_ssize_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 16777619u;
+    return h;
+}
+
+/* Index of the needed key [p, p + n), or -1. */
+static inline int find_key(const Spec *s, ptr p, Py_ssize_t n)
+{
+    for (unsigned i = hash_key(p, n) & s->mask;; i = (i + 1) & s->mask) {
+        int k = s->slot[i] - 1;
+        if (k < 0)
+            return -1;
+        if (s->keylen[k] == n && memcmp(s->key[k], p, n) == 0)
+            return k;
+    }
+}
+
+/* One line [p, end): its status; for KEPT, tok[k]/tokend[k] (NULL: key absent). */
+static int scan_line(ptr p, ptr end, const Spec *s, ptr *tok, ptr *tokend)
+{
+    int filter_plain = 0;
+    for (int k = 0; k < s->nkeys; k++)
+        tok[k] = NULL;
+    if (p >= end || *p != '{')
+        return UNSURE;
+    p = skip_ws(p + 1, end);
+    if (p < end && *p == '}') {
+        p++;
+        goto done;
+    }
+    for (;;) {
+        int esc = 0, risky = 0;
+        ptr key, value;
+        if (p >= end || *p != '"')
+            return UNSURE;
+        key = p + 1;
+        if (!(p = skip_string(key, end, &esc)) || esc)
+            return UNSURE; /* an escaped top-level key might spell a needed one */
+        Py_ssize_t klen = p - 1 - key;
+        p = skip_ws(p, end);
+        if (p >= end || *p != ':')
+            return UNSURE;
+        value = p = skip_ws(p + 1, end);
+        esc = 0;
+        if (p < end && *p == '"')
+            p = skip_string(p + 1, end, &esc);
+        else
+            p = skip_value(p, end, 1, &risky);
+        if (!p)
+            return UNSURE;
+        int k = find_key(s, key, klen);
+        if (k >= 0) {
+            if (tok[k] || risky)
+                return UNSURE; /* given twice, or a number orjson may refuse */
+            tok[k] = value;
+            tokend[k] = p;
+            if (k == s->filter_key)
+                filter_plain = *value == '"' && !esc;
+        }
+        p = skip_ws(p, end);
+        if (p >= end)
+            return UNSURE;
+        if (*p == '}') {
+            p++;
+            break;
+        }
+        if (*p != ',')
+            return UNSURE;
+        p = skip_ws(p + 1, end);
+    }
+done:
+    if (skip_ws(p, end) != end)
+        return UNSURE;
+    if (s->filter_key < 0)
+        return KEPT;
+    if (!filter_plain)
+        return UNSURE; /* absent, null, escaped or not a string: the Python path decides */
+    {
+        ptr v = tok[s->filter_key] + 1;
+        Py_ssize_t vlen = tokend[s->filter_key] - 1 - v;
+        int hit = 0;
+        for (Py_ssize_t i = 0; i < s->nvalues; i++)
+            if (s->valuelen[i] == vlen && memcmp(s->value[i], v, vlen) == 0) {
+                hit = 1;
+                break;
+            }
+        return hit != s->negate ? KEPT : FILTERED;
+    }
+}
+
+PyDoc_STRVAR(scan_doc,
+"scan(data, keys, filter_key, values, negate) -> (status, starts, arrays)\n\n"
+"data: the lines joined by LF; keys: tuple of bytes (top-level keys to read);\n"
+"filter_key: index into keys of the filtered key, or -1; values: tuple of bytes\n"
+"(the filter's strings, UTF-8); negate: keep lines whose value is not in values.\n"
+"status: bytes, one per line (0 filtered, 1 kept, 2 unsure); starts: int64\n"
+"offsets of the lines in data; arrays: one bytes per key, a JSON array of the\n"
+"key's raw value in each kept line (null where absent).");
+
+static PyObject *scan(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer view;
+    PyObject *keys, *values, *result = NULL;
+    int filter_key, negate;
+    Spec s;
+    Buf out[MAX_KEYS];
+    Buf status = {0}, starts = {0};
+    ptr tok[MAX_KEYS], tokend[MAX_KEYS];
+
+    if (!PyArg_ParseTuple(args, "y*O!iO!p", &view, &PyTuple_Type, &keys, &filter_key,
+                          &PyTuple_Type, &values, &negate))
+        return NULL;
+    memset(out, 0, sizeof(out));
+    s.nkeys = (int)PyTuple_GET_SIZE(keys);
+    s.filter_key = filter_key;
+    s.negate = negate;
+    s.nvalues = PyTuple_GET_SIZE(values);
+    s.value = PyMem_Malloc(sizeof(char *) * (s.nvalues + 1));
+    s.valuelen = PyMem_Malloc(sizeof(Py_ssize_t) * (s.nvalues + 1));
+    if (!s.value || !s.valuelen) {
+        PyErr_NoMemory();
+        goto finally;
+    }
+    if (s.nkeys < 1 || s.nkeys > MAX_KEYS || filter_key >= s.nkeys) {
+        PyErr_SetString(PyExc_ValueError, "scan: 1 to 1024 keys, filter_key one of them or -1");
+        goto finally;
+    }
+    for (int k = 0; k < s.nkeys; k++) {
+        PyObject *key = PyTuple_GET_ITEM(keys, k);
+        if (!PyBytes_Check(key)) {
+            PyErr_SetString(PyExc_TypeError, "scan: keys must be bytes");
+            goto finally;
+        }
+        s.key[k] = PyBytes_AS_STRING(key);
+        s.keylen[k] = PyBytes_GET_SIZE(key);
+    }
+    s.mask = 15;
+    while (s.mask + 1 < 2 * (unsigned)s.nkeys)
+        s.mask = s.mask * 2 + 1;
+    memset(s.slot, 0, sizeof(s.slot));
+    for (int k = 0; k < s.nkeys; k++) {
+        ptr key = (ptr)s.key[k];
+        if (find_key(&s, key, s.keylen[k]) >= 0) {
+            PyErr_SetString(PyExc_ValueError, "scan: keys must differ");
+            goto finally;
+        }
+        unsigned i = hash_key(key, s.keylen[k]) & s.mask;
+        while (s.slot[i])
+            i = (i + 1) & s.mask;
+        s.slot[i] = (short)(k + 1);
+    }
+    for (Py_ssize_t i = 0; i < s.nvalues; i++) {
+        PyObject *v = PyTuple_GET_ITEM(values, i);
+        if (!PyBytes_Check(v)) {
+            PyErr_SetString(PyExc_TypeError, "scan: values must be bytes");
+            goto finally;
+        }
+        s.value[i] = PyBytes_AS_STRING(v);
+        s.valuelen[i] = PyBytes_GET_SIZE(v);
+    }
+    for (int k = 0; k < s.nkeys; k++)
+        if (buf_put(&out[k], "[", 1) < 0)
+            goto nomem;
+
+    {
+        ptr data = view.buf, end = data + view.len, line = data;
+        int kept = 0;
+        Py_BEGIN_ALLOW_THREADS
+        for (;;) {
+            ptr stop = memchr(line, '\n', end - line);
+            if (!stop)
+                stop = end;
+            int64_t at = line - data;
+            unsigned char st = (unsigned char)scan_line(line, stop, &s, tok, tokend);
+            if (buf_put(&starts, &at, sizeof(at)) < 0 || buf_put(&status, &st, 1) < 0) {
+                kept = -1;
+                break;
+            }
+            if (st == KEPT) {
+                for (int k = 0; k < s.nkeys; k++) {
+                    int bad = kept ? buf_put(&out[k], ",", 1) : 0;
+                    bad |= tok[k] ? buf_put(&out[k], tok[k], tokend[k] - tok[k])
+                                  : buf_put(&out[k], "null", 4);
+                    if (bad) {
+                        kept = -1;
+                        break;
+                    }
+                }
+                if (kept < 0)
+                    break;
+                kept = 1;
+            }
+            if (stop == end)
+                break;
+            line = stop + 1;
+        }
+        Py_END_ALLOW_THREADS
+        if (kept < 0)
+            goto nomem;
+    }
+    {
+        PyObject *arrays = PyTuple_New(s.nkeys);
+        if (!arrays)
+            goto finally;
+        for (int k = 0; k < s.nkeys; k++) {
+            PyObject *b;
+            if (buf_put(&out[k], "]", 1) < 0 ||
+                !(b = PyBytes_FromStringAndSize(out[k].data, out[k].len))) {
+                Py_DECREF(arrays);
+                if (!PyErr_Occurred())
+                    PyErr_NoMemory();
+                goto finally;
+            }
+            PyTuple_SET_ITEM(arrays, k, b);
+        }
+        result = Py_BuildValue("(y#y#N)", status.data, status.len, starts.data, starts.len,
+                               arrays);
+    }
+    goto finally;
+nomem:
+    PyErr_NoMemory();
+finally:
+    for (int k = 0; k < MAX_KEYS; k++)
+        PyMem_RawFree(out[k].data);
+    PyMem_RawFree(status.data);
+    PyMem_RawFree(starts.data);
+    PyMem_Free(s.value);
+    PyMem_Free(s.valuelen);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"scan", scan, METH_VARARGS, scan_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "etl._scan",
+    .m_doc = "Strict one-pass scan of NDJSON lines: status, line starts, needed raw tokens.",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit__scan(void)
+{
+    for (int c = 0; c < 256; c++)
+        plain_char[c] = c >= 0x20 && c != '"' && c != '\\';
+    return PyModule_Create(&module);
+}

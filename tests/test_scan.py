@@ -1,0 +1,206 @@
+"""etl._scan, the C line scanner: what it is sure of, orjson agrees with, value for value.
+
+The scanner may hand any line on (status 2, "unsure"); it must never call a line
+valid that orjson refuses, nor read a value orjson would read differently, nor
+decide a filter the Python path would decide otherwise. These tests check that
+promise on the JSONTestSuite cases, on hostile hand-made lines and on random
+mutations of realistic lines. tests/test_parse.py compares whole batches.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import random
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import orjson
+import pytest
+
+from etl import _scan
+from etl.sample import iter_lines
+
+SUITE = Path(__file__).parent / "data" / "jsontestsuite" / "test_parsing"
+FILTERED, KEPT, UNSURE = 0, 1, 2
+
+
+def scan(lines: list[bytes], keys=(b"k",), filter_key=-1, values=(), negate=False):
+    status, starts, arrays = _scan.scan(b"\n".join(lines), tuple(keys), filter_key,
+                                        tuple(values), negate)
+    kept = [orjson.loads(a) for a in arrays]
+    return list(status), np.frombuffer(starts, np.int64).tolist(), kept
+
+
+@functools.lru_cache
+def _row_type(keys):
+    return msgspec.defstruct("Row", [(f"k{i}", Any, None) for i in range(len(keys))],
+                             rename={f"k{i}": k.decode() for i, k in enumerate(keys)})
+
+
+def python_path_reads(line: bytes, keys):
+    """What the orjson path makes of a line: orjson's dict, or (a number beyond double
+    range in a value never read: the documented rule) msgspec's needed keys; else None."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        pass
+    row = _row_type(keys)
+    try:
+        got = msgspec.json.decode(line, type=row)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return {k.decode(): getattr(got, f"k{i}") for i, k in enumerate(keys)
+            if getattr(got, f"k{i}") is not None}
+
+
+def check_sure_means_orjson_agrees(lines: list[bytes], keys=(b"k",), filter_key=-1,
+                                   values=(), negate=False) -> list[int]:
+    """The core promise, line by line; returns the statuses."""
+    status, starts, kept = scan(lines, keys, filter_key, values, negate)
+    assert len(status) == len(lines)
+    assert starts == list(itertools.accumulate((len(x) + 1 for x in lines[:-1]), initial=0))
+    row = 0
+    for line, st in zip(lines, status):
+        if st == UNSURE:
+            continue
+        obj = python_path_reads(line, keys)
+        assert type(obj) is dict, f"scanner sure of a line orjson refuses: {line[:200]!r}"
+        names = [k.decode() for k in keys]
+        if filter_key >= 0:
+            value = obj[names[filter_key]]
+            assert type(value) is str
+            assert ((value.encode() in values) != negate) == (st == KEPT), line[:200]
+        if st == KEPT:
+            for i, name in enumerate(names):
+                assert kept[i][row] == obj.get(name), (name, line[:200])
+            row += 1
+    assert row == len(kept[0])
+    return status
+
+
+def suite_docs() -> list[tuple[str, bytes]]:
+    return [(p.name, p.read_bytes()) for p in sorted(SUITE.glob("*.json"))
+            if b"\n" not in p.read_bytes()]
+
+
+def test_suite_documents_in_every_position():
+    docs = suite_docs()
+    assert len(docs) > 250
+    sure_valid = 0
+    for name, doc in docs:
+        lines = [doc, b'{"k":' + doc + b"}", b'{"other":' + doc + b',"k":1}',
+                 b'{"k":[' + doc + b"]}", b'{"a":{"k":' + doc + b"}}"]
+        try:
+            lines[0].decode()
+        except UnicodeDecodeError:
+            continue  # a batch with invalid UTF-8 never reaches the scanner
+        status = check_sure_means_orjson_agrees(lines)
+        if name.startswith("n_"):
+            assert status[1] == UNSURE, name  # refused when wrapped too
+        if name.startswith("y_") and status[1] != UNSURE:
+            sure_valid += 1
+    assert sure_valid > 70  # most valid documents are decided without the Python path
+
+
+@pytest.mark.parametrize("line, status", [
+    (b'{"k":1}', KEPT), (b'{"k":1} \t\r', KEPT), (b'{}', KEPT), (b'{ "k" : [ 1 , 2 ] }', KEPT),
+    (b"", UNSURE), (b"  ", UNSURE), (b" {}", UNSURE), (b"\xef\xbb\xbf{}", UNSURE),
+    (b"[1]", UNSURE), (b"1", UNSURE), (b'{"k":1}{}', UNSURE), (b'{"k":1,"k":2}', UNSURE),
+    (b'{"\\u006b":1}', UNSURE),  # an escaped key might spell a needed one
+    (b'{"x\\n":1}', UNSURE), (b'{"o":{"\\u006b":1}}', KEPT),  # escaped keys deeper are fine
+    (b'{"k":1e5}', UNSURE), (b'{"x":1e5}', KEPT), (b'{"k":"1e5"}', KEPT),  # risky numbers
+    (b'{"k":[1E-2]}', UNSURE), (b'{"k":' + b"9" * 301 + b"}", UNSURE),
+    (b'{"k":' + b"9" * 40 + b"}", KEPT),  # beyond 64 bits: orjson reads a double, as the dicts
+    (b'{"k":"\\ud83d\\ude00"}', KEPT), (b'{"k":"\\ud83d"}', UNSURE), (b'{"k":"\\ude00"}', UNSURE),
+    (b'{"k":"\\ud83dx"}', UNSURE), (b'{"k":"a\x01"}', UNSURE), (b'{"k":"\\x"}', UNSURE),
+    (b'{"k":' + b"[" * 63 + b"]" * 63 + b"}", KEPT),
+    (b'{"k":' + b"[" * 64 + b"]" * 64 + b"}", UNSURE),  # deeper than the scanner goes
+    (b'{"k":01}', UNSURE), (b'{"k":-}', UNSURE), (b'{"k":1.}', UNSURE), (b'{"k":.5}', UNSURE),
+    (b'{"k":tru}', UNSURE), (b'{"k":nul}', UNSURE), (b'{"k":NaN}', UNSURE),
+    (b'{"k":1,}', UNSURE), (b'{,}', UNSURE), (b'{"k"}', UNSURE), (b'{"k":[1,]}', UNSURE),
+    (b'{"k":"unterminated}', UNSURE), (b'{"k":1', UNSURE), (b'{"k":1}\x00', UNSURE),
+])
+def test_hand_made_lines(line, status):
+    assert check_sure_means_orjson_agrees([line, b'{"k":"next"}'])[0] == status
+
+
+def test_filter_on_raw_bytes():
+    lines = [b'{"s":"news","k":1}', b'{"s":"nfl","k":2}', b'{"k":3}', b'{"s":null}',
+             b'{"s":"ne\\u0077s"}', "{\"s\":\"é\"}".encode(), b'{"s":"news "}', b'{"s":5}',
+             b'{"s":"news","s":"x"}', b'{"s":"NEWS"}']
+    values = (b"news", "é".encode())
+    for negate in (False, True):
+        status = check_sure_means_orjson_agrees(lines, (b"s", b"k"), 0, values, negate)
+        a, b = (KEPT, FILTERED) if not negate else (FILTERED, KEPT)
+        assert status == [a, b, UNSURE, UNSURE, UNSURE, a, b, UNSURE, UNSURE, b]
+
+
+def _mutate(line: bytes, rng: random.Random) -> bytes:
+    alphabet = b'{}[]:,"\\ 0123456789.eE+-tfnulrsaxu\t\r/'
+    b = bytearray(line)
+    for _ in range(rng.randint(1, 3)):
+        i = rng.randrange(len(b) + 1)
+        op = rng.random()
+        if op < 0.4 and i < len(b):
+            del b[i]
+        elif op < 0.8:
+            b.insert(i, rng.choice(alphabet))
+        elif i < len(b):
+            b[i] = rng.choice(alphabet)
+    return bytes(b)
+
+
+def _utf8(line: bytes) -> bool:
+    try:
+        line.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_mutations(seed):
+    """Random edits of realistic lines: whatever the scanner is sure of, orjson agrees."""
+    rng = random.Random(seed)
+    base = [line for line in iter_lines(600, seed=seed, bad_rate=0.1)]
+    lines = [_mutate(rng.choice(base), rng) for _ in range(6000)] + base
+    lines = [line for line in lines if _utf8(line)]  # the batch gate: UTF-8 checked first
+    keys = (b"subreddit", b"id", b"created_utc", b"score", b"body", b"edited", b"gildings")
+    names = {b"AskReddit", b"funny", b"news", b"pics"}
+    for filter_key in (-1, 0):
+        status = check_sure_means_orjson_agrees(lines, keys, filter_key, tuple(names))
+        assert status.count(UNSURE) > 500 and status.count(UNSURE) < len(lines) - 1000
+
+
+def test_memoryview_and_empty_input():
+    data = b'{"k":1}\n{"k":2}'
+    status, starts, arrays = _scan.scan(memoryview(data)[8:], (b"k",), -1, (), False)
+    assert list(status) == [KEPT] and orjson.loads(arrays[0]) == [2]
+    status, starts, arrays = _scan.scan(b"", (b"k",), -1, (), False)
+    assert list(status) == [UNSURE] and arrays == (b"[]",)
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="keys"):
+        _scan.scan(b"{}", (), -1, (), False)
+    with pytest.raises(ValueError, match="keys"):
+        _scan.scan(b"{}", (b"k",), 1, (), False)
+    with pytest.raises(TypeError):
+        _scan.scan(b"{}", ("k",), -1, (), False)
+    with pytest.raises(ValueError, match="differ"):
+        _scan.scan(b"{}", (b"k", b"k"), -1, (), False)
+    with pytest.raises(ValueError, match="keys"):
+        _scan.scan(b"{}", tuple(b"k%d" % i for i in range(1025)), -1, (), False)
+
+
+def test_many_keys():
+    """Schemas inferred from real dumps read a hundred keys or more."""
+    keys = tuple(b"key%d" % i for i in range(1024))
+    line = b"{" + b",".join(b'"key%d":%d' % (i, i) for i in range(0, 1024, 3)) + b',"x":1}'
+    status, _, arrays = _scan.scan(line, keys, -1, (), False)
+    assert list(status) == [KEPT]
+    assert [orjson.loads(a)[0] for a in arrays] == [i if i % 3 == 0 else None
+                                                    for i in range(1024)]
