@@ -152,6 +152,17 @@ def parse_duration(text: str) -> float:
 
 
 def _ingest_once(args) -> int:
+    from etl import workers
+
+    if args.scheduler in (None, "processes") and (os.cpu_count() or 1) >= 2:
+        workers.start_early()  # its imports overlap with the ones below
+    try:
+        return _ingest_started(args)
+    finally:
+        workers.stop()
+
+
+def _ingest_started(args) -> int:
     from etl.config import IngestConfig, default_scheduler
     from etl.pipeline import run_ingest
     from etl.report import exit_code, format_summary

@@ -9,10 +9,8 @@ process (a worker process cannot see it), beside the Dask computation.
 
 from __future__ import annotations
 
-import importlib.abc
 import logging
 import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,7 +22,7 @@ import dask.threaded
 
 from etl.config import IngestConfig
 from etl.errors import ConfigError
-from etl import split
+from etl import split, workers
 from etl.job import finish_parts, prepare_parts, process_part, process_shard, quick_skip
 from etl.parse import Parser
 from etl.report import ProgressBar, build_report
@@ -66,39 +64,13 @@ LOCAL = {"synchronous": dask.local.get_sync, "threads": dask.threaded.get,
          "processes": dask.multiprocessing.get}
 
 
-class _NoPandas(importlib.abc.MetaPathFinder):
-    """Refuses ``import pandas`` while installed (see ``_worker_start``)."""
-
-    def find_spec(self, name, path, target=None):
-        if name == "pandas" or name.startswith("pandas."):
-            raise ImportError("pandas is not needed by an ingest worker")
-        return None
-
-
-def _worker_start() -> None:
-    """Start-up of our local worker processes: spare them pyarrow's pandas import.
-
-    pyarrow imports pandas (0.25 s, measured) at its first ``pa.array`` only to learn
-    whether its input could be a pandas object; ingest tasks never pass one. Told once
-    that pandas is missing, pyarrow stops asking; pandas stays importable afterwards.
-    """
-    finder = _NoPandas()
-    sys.meta_path.insert(0, finder)
-    try:
-        import pyarrow as pa
-
-        pa.array([0])
-    finally:
-        sys.meta_path.remove(finder)
-
-
 def _compute(bag: db.Bag, scheduler: str, announce: bool = False) -> list[dict]:
     if "://" not in scheduler:
         # chunksize 1: one shard per hand-out, or dask's default batch of 6 ready tasks
         # sends every shard of a small run to one worker (measured: 1 of 2 cores busy)
         kwargs = {"num_workers": os.cpu_count(), "chunksize": 1,
-                  "initializer": _worker_start} if scheduler == "processes" else {}
-        with dask.config.set({"multiprocessing.context": "spawn"}):
+                  "initializer": workers.worker_start} if scheduler == "processes" else {}
+        with dask.config.set({"multiprocessing.context": workers.context()}):
             return bag.compute(scheduler=LOCAL[scheduler], **kwargs)
     from distributed import Client
 

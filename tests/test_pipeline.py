@@ -378,7 +378,7 @@ def test_temporary_files_a_killed_run_left_are_removed_when_the_shard_is_redone(
 
 
 def test_worker_start_spares_the_pandas_import_and_breaks_nothing():
-    code = ("import sys; from etl.pipeline import _worker_start; _worker_start(); "
+    code = ("import sys; from etl.workers import worker_start; worker_start(); "
             "import pyarrow as pa, pyarrow.compute as pc; "
             "assert 'pandas' not in sys.modules; "
             "assert pc.is_in(pa.array(['a', 'b']), value_set=pa.array(['a'])).to_pylist() "
@@ -386,3 +386,36 @@ def test_worker_start_spares_the_pandas_import_and_breaks_nothing():
             "import pandas; assert pandas.DataFrame({'a': [1]}).shape == (1, 1); print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == b"ok", proc.stderr.decode()
+
+
+WORKER_STATE = """
+import sys
+from concurrent.futures import ProcessPoolExecutor
+import multiprocessing
+from multiprocessing import forkserver
+from etl import workers
+
+def state():
+    return "etl.pipeline" in sys.modules, "pandas" in sys.modules
+
+if __name__ == "__main__":
+    assert workers.context() == "forkserver"
+    workers.start_early()
+    pid = forkserver._forkserver._forkserver_pid
+    ctx = multiprocessing.get_context(workers.context())
+    with ProcessPoolExecutor(2, mp_context=ctx, initializer=workers.worker_start) as pool:
+        print(pool.submit(state).result())
+    workers.stop()
+    import os
+    print(os.path.exists(f"/proc/{pid}"))
+"""
+
+
+def test_workers_fork_from_a_preloaded_server_that_stops_with_the_run(tmp_path):
+    """Workers start with etl imported and pandas not; the server is reaped at the end."""
+    script = tmp_path / "state.py"
+    script.write_text(WORKER_STATE)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, cwd=ROOT,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode().split("\n")[:2] == ["(True, False)", "False"]

@@ -8,7 +8,6 @@ configuration error (nothing was accepted), 3 writing failed.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 
@@ -78,6 +77,8 @@ def build_config(args: argparse.Namespace) -> c.SpoolConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Run the spooler until SIGTERM/SIGINT; return the exit code."""
+    import asyncio  # here, not at the top: every etl command imports this module (45 ms)
+
     from etl.spool.service import run_spooler
 
     if not logging.getLogger("etl").handlers:  # etl/cli.py sets logging up; -m etl.spool not
