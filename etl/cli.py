@@ -157,12 +157,12 @@ def _ingest_once(args) -> int:
     if args.scheduler in (None, "processes") and (os.cpu_count() or 1) >= 2:
         workers.start_early()  # its imports overlap with the ones below
     try:
-        return _ingest_started(args)
+        return _ingest_started(args, workers.stop)
     finally:
         workers.stop()
 
 
-def _ingest_started(args) -> int:
+def _ingest_started(args, done_with_workers) -> int:
     from etl.config import IngestConfig, default_scheduler
     from etl.pipeline import run_ingest
     from etl.report import exit_code, format_summary
@@ -174,6 +174,7 @@ def _ingest_started(args) -> int:
                        stdin_name=args.stdin_name, part_bytes=int(args.part_mb * (1 << 20)),
                        progress=not args.quiet and sys.stderr.isatty())
     report = run_ingest(args.inputs, cfg)
+    done_with_workers()  # before a load: the workers' server is not needed there
     code = exit_code(report)
     _log_shards(report)
     if args.command == "run":

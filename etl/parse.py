@@ -160,7 +160,9 @@ class Parser:
         """
         status, starts, arrays = self.plan.scan(data)
         status = np.frombuffer(status, np.uint8)
-        if len(status) != batch.count:  # only an empty list of lines: one blank line to C
+        if batch.given is None:
+            batch.know_count(len(status))  # counting them again costs 0.35 ms/MB
+        elif len(status) != len(batch.given):  # an empty list of lines: one blank line to C
             return None
         try:
             cols = {k: orjson.loads(a) for k, a in zip(self.plan.keys, arrays)}

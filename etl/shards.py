@@ -30,6 +30,7 @@ from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 from backports.zstd import DecompressionParameter, ZstdDecompressor, ZstdError
+from isal import isal_zlib
 
 from etl.errors import ConfigError, CorruptShardError, ShardError
 
@@ -85,6 +86,10 @@ class LineBatch:
     @cached_property
     def lines(self) -> list[bytes]:
         return self.given if self.given is not None else self.raw.split(b"\n")
+
+    def know_count(self, n: int) -> None:
+        """Record the number of lines, counted by someone else (the parser's scanner)."""
+        self.__dict__["count"] = n  # what cached_property would store
 
     @cached_property
     def count(self) -> int:
@@ -255,10 +260,12 @@ def _read_exact(fh: BinaryIO, n: int) -> bytes:
 # ---------------------------------------------------------------- codecs
 
 class _GzipMember:
-    """zlib's decompressobj dressed in the lzma/bz2 interface (needs_input, max_length)."""
+    """A gzip member's decompressobj dressed in the lzma/bz2 interface (needs_input,
+    max_length). ISA-L's inflate (``isal``, zlib's interface): 2.3-2.7x zlib's speed,
+    measured on the bench's text."""
 
     def __init__(self) -> None:
-        self._d = zlib.decompressobj(wbits=31)
+        self._d = isal_zlib.decompressobj(wbits=31)
         self._tail = b""
         self.needs_input = True
 
@@ -303,7 +310,8 @@ CODECS = (
     Codec("zstd", 4, _is_zstd_frame, _zstd_member),
 )
 PLAIN = Codec("plain", 0, lambda b: True, None)
-DECODE_ERRORS = (zlib.error, OSError, EOFError, lzma.LZMAError, ZstdError, ValueError)
+DECODE_ERRORS = (zlib.error, isal_zlib.error, OSError, EOFError, lzma.LZMAError, ZstdError,
+                 ValueError)
 
 
 def detect_codec(head: bytes) -> Codec:
