@@ -240,6 +240,124 @@ static int buf_put(Buf *b, const void *src, Py_ssize_t n)
     return 0;
 }
 
+/* A string column in Arrow's layout: UTF-8 data, int32 offsets, validity bitmap; rows
+ * whose value is neither a string nor null are left null here and listed in ``other``
+ * (their row numbers, and their raw tokens as one JSON array) for the Python path. */
+typedef struct {
+    Buf data, offsets, valid, other_rows, other_json;
+    Py_ssize_t nulls, others;
+} StrCol;
+
+static inline Py_ssize_t utf8_put(unsigned char *u, unsigned v)
+{
+    if (v < 0x80) {
+        u[0] = (unsigned char)v;
+        return 1;
+    }
+    if (v < 0x800) {
+        u[0] = (unsigned char)(0xC0 | (v >> 6));
+        u[1] = (unsigned char)(0x80 | (v & 0x3F));
+        return 2;
+    }
+    if (v < 0x10000) {
+        u[0] = (unsigned char)(0xE0 | (v >> 12));
+        u[1] = (unsigned char)(0x80 | ((v >> 6) & 0x3F));
+        u[2] = (unsigned char)(0x80 | (v & 0x3F));
+        return 3;
+    }
+    u[0] = (unsigned char)(0xF0 | (v >> 18));
+    u[1] = (unsigned char)(0x80 | ((v >> 12) & 0x3F));
+    u[2] = (unsigned char)(0x80 | ((v >> 6) & 0x3F));
+    u[3] = (unsigned char)(0x80 | (v & 0x3F));
+    return 4;
+}
+
+/* The value of a string's content [p, end) (between its quotes, already validated by
+ * skip_string: escapes well formed, surrogates paired), appended to b as UTF-8. */
+static int put_unescaped(Buf *b, ptr p, ptr end)
+{
+    while (p < end) {
+        ptr q = memchr(p, '\\', end - p);
+        if (!q)
+            return buf_put(b, p, end - p);
+        if (buf_put(b, p, q - p) < 0)
+            return -1;
+        unsigned char u[4];
+        Py_ssize_t n = 1;
+        switch (q[1]) {
+        case 'b': u[0] = '\b'; break;
+        case 'f': u[0] = '\f'; break;
+        case 'n': u[0] = '\n'; break;
+        case 'r': u[0] = '\r'; break;
+        case 't': u[0] = '\t'; break;
+        case 'u': {
+            unsigned v = 0, w = 0xDC00;
+            hex4(q + 2, &v);
+            if (v >= 0xD800 && v <= 0xDBFF) {
+                hex4(q + 8, &w);
+                v = 0x10000 + ((v - 0xD800) << 10) + (w - 0xDC00);
+                q += 6;
+            }
+            n = utf8_put(u, v);
+            q += 4;
+            break;
+        }
+        default: u[0] = q[1]; /* " \ / */
+        }
+        if (buf_put(b, u, n) < 0)
+            return -1;
+        p = q + 2;
+    }
+    return 0;
+}
+
+/* Row ``row`` of a string column from token [t, tend) (NULL: the key is absent). */
+static int str_put(StrCol *c, Py_ssize_t row, ptr t, ptr tend, int first_other)
+{
+    static const unsigned char zero = 0;
+    if ((row & 7) == 0 && buf_put(&c->valid, &zero, 1) < 0)
+        return -1;
+    if (t && *t == '"') {
+        if (put_unescaped(&c->data, t + 1, tend - 1) < 0)
+            return -1;
+        c->valid.data[row >> 3] |= (char)(1 << (row & 7));
+    } else {
+        c->nulls++;
+        if (t && *t != 'n') { /* a number, bool, array or object: the Python path decides */
+            int64_t r = row;
+            if (buf_put(&c->other_rows, &r, sizeof(r)) < 0 ||
+                (!first_other && buf_put(&c->other_json, ",", 1) < 0) ||
+                buf_put(&c->other_json, t, tend - t) < 0)
+                return -1;
+            c->others++;
+        }
+    }
+    if (c->data.len > INT32_MAX)
+        return -1;
+    int32_t off = (int32_t)c->data.len;
+    return buf_put(&c->offsets, &off, sizeof(off));
+}
+
+static PyObject *str_result(StrCol *c)
+{
+    if (buf_put(&c->other_json, "]", 1) < 0)
+        return PyErr_NoMemory();
+    return Py_BuildValue("(y#y#y#ny#y#)", c->data.data ? c->data.data : "", c->data.len,
+                         c->offsets.data, c->offsets.len,
+                         c->valid.data ? c->valid.data : "", c->valid.len, c->nulls,
+                         c->other_rows.data ? c->other_rows.data : "", c->other_rows.len,
+                         c->other_json.data, c->other_json.len);
+}
+
+static void str_free(StrCol *c)
+{
+    PyMem_RawFree(c->data.data);
+    PyMem_RawFree(c->offsets.data);
+    PyMem_RawFree(c->valid.data);
+    PyMem_RawFree(c->other_rows.data);
+    PyMem_RawFree(c->other_json.data);
+}
+
 typedef struct {
     int nkeys;
     const char *key[MAX_KEYS];
@@ -349,13 +467,16 @@ done:
 }
 
 PyDoc_STRVAR(scan_doc,
-"scan(data, keys, filter_key, values, negate) -> (status, starts, arrays)\n\n"
+"scan(data, keys, filter_key, values, negate, strings=b'') -> (status, starts, arrays)\n\n"
 "data: the lines joined by LF; keys: tuple of bytes (top-level keys to read);\n"
 "filter_key: index into keys of the filtered key, or -1; values: tuple of bytes\n"
 "(the filter's strings, UTF-8); negate: keep lines whose value is not in values.\n"
 "status: bytes, one per line (0 filtered, 1 kept, 2 unsure); starts: int64\n"
 "offsets of the lines in data; arrays: one bytes per key, a JSON array of the\n"
-"key's raw value in each kept line (null where absent).");
+"key's raw value in each kept line (null where absent); or, for a key whose byte in\n"
+"strings is 1, its values as an Arrow string column: (data, int32 offsets, validity\n"
+"bitmap, null count, int64 rows holding neither a string nor null, those rows' raw\n"
+"values as a JSON array).");
 
 static PyObject *scan(PyObject *self, PyObject *args)
 {
@@ -367,9 +488,12 @@ static PyObject *scan(PyObject *self, PyObject *args)
     Buf out[MAX_KEYS];
     Buf status = {0}, starts = {0};
     ptr tok[MAX_KEYS], tokend[MAX_KEYS];
+    const char *strings = "";
+    Py_ssize_t nstrings = 0;
+    StrCol *cols = NULL;
 
-    if (!PyArg_ParseTuple(args, "y*O!iO!p", &view, &PyTuple_Type, &keys, &filter_key,
-                          &PyTuple_Type, &values, &negate))
+    if (!PyArg_ParseTuple(args, "y*O!iO!p|y#", &view, &PyTuple_Type, &keys, &filter_key,
+                          &PyTuple_Type, &values, &negate, &strings, &nstrings))
         return NULL;
     memset(out, 0, sizeof(out));
     s.nkeys = (int)PyTuple_GET_SIZE(keys);
@@ -382,10 +506,14 @@ static PyObject *scan(PyObject *self, PyObject *args)
         PyErr_NoMemory();
         goto finally;
     }
-    if (s.nkeys < 1 || s.nkeys > MAX_KEYS || filter_key >= s.nkeys) {
-        PyErr_SetString(PyExc_ValueError, "scan: 1 to 1024 keys, filter_key one of them or -1");
+    if (s.nkeys < 1 || s.nkeys > MAX_KEYS || filter_key >= s.nkeys ||
+        (nstrings && nstrings != s.nkeys)) {
+        PyErr_SetString(PyExc_ValueError, "scan: 1 to 1024 keys, filter_key one of them or "
+                        "-1, strings empty or one byte per key");
         goto finally;
     }
+    if (!(cols = PyMem_RawCalloc(s.nkeys, sizeof(StrCol))))
+        goto nomem;
     for (int k = 0; k < s.nkeys; k++) {
         PyObject *key = PyTuple_GET_ITEM(keys, k);
         if (!PyBytes_Check(key)) {
@@ -419,13 +547,17 @@ static PyObject *scan(PyObject *self, PyObject *args)
         s.value[i] = PyBytes_AS_STRING(v);
         s.valuelen[i] = PyBytes_GET_SIZE(v);
     }
-    for (int k = 0; k < s.nkeys; k++)
-        if (buf_put(&out[k], "[", 1) < 0)
+    for (int k = 0; k < s.nkeys; k++) {
+        static const int32_t zero = 0;
+        if (buf_put(&out[k], "[", 1) < 0 || buf_put(&cols[k].other_json, "[", 1) < 0 ||
+            buf_put(&cols[k].offsets, &zero, sizeof(zero)) < 0)
             goto nomem;
+    }
 
     {
         ptr data = view.buf, end = data + view.len, line = data;
         int kept = 0;
+        Py_ssize_t row = 0; /* kept rows so far */
         Py_BEGIN_ALLOW_THREADS
         for (;;) {
             ptr stop = memchr(line, '\n', end - line);
@@ -439,9 +571,15 @@ static PyObject *scan(PyObject *self, PyObject *args)
             }
             if (st == KEPT) {
                 for (int k = 0; k < s.nkeys; k++) {
-                    int bad = kept ? buf_put(&out[k], ",", 1) : 0;
-                    bad |= tok[k] ? buf_put(&out[k], tok[k], tokend[k] - tok[k])
-                                  : buf_put(&out[k], "null", 4);
+                    int bad;
+                    if (nstrings && strings[k])
+                        bad = str_put(&cols[k], row, tok[k], tok[k] ? tokend[k] : NULL,
+                                      cols[k].others == 0);
+                    else {
+                        bad = kept ? buf_put(&out[k], ",", 1) : 0;
+                        bad |= tok[k] ? buf_put(&out[k], tok[k], tokend[k] - tok[k])
+                                      : buf_put(&out[k], "null", 4);
+                    }
                     if (bad) {
                         kept = -1;
                         break;
@@ -450,6 +588,7 @@ static PyObject *scan(PyObject *self, PyObject *args)
                 if (kept < 0)
                     break;
                 kept = 1;
+                row++;
             }
             if (stop == end)
                 break;
@@ -465,8 +604,13 @@ static PyObject *scan(PyObject *self, PyObject *args)
             goto finally;
         for (int k = 0; k < s.nkeys; k++) {
             PyObject *b;
-            if (buf_put(&out[k], "]", 1) < 0 ||
-                !(b = PyBytes_FromStringAndSize(out[k].data, out[k].len))) {
+            if (nstrings && strings[k])
+                b = str_result(&cols[k]);
+            else if (buf_put(&out[k], "]", 1) < 0)
+                b = NULL;
+            else
+                b = PyBytes_FromStringAndSize(out[k].data, out[k].len);
+            if (!b) {
                 Py_DECREF(arrays);
                 if (!PyErr_Occurred())
                     PyErr_NoMemory();
@@ -485,6 +629,10 @@ finally:
         PyMem_RawFree(out[k].data);
     PyMem_RawFree(status.data);
     PyMem_RawFree(starts.data);
+    if (cols)
+        for (int k = 0; k < s.nkeys; k++)
+            str_free(&cols[k]);
+    PyMem_RawFree(cols);
     PyMem_Free(s.value);
     PyMem_Free(s.valuelen);
     PyBuffer_Release(&view);

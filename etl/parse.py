@@ -43,6 +43,7 @@ BOM = b"\xef\xbb\xbf"
 BLANK = object()  # _retry's answer for a whitespace-only line (None is JSON null)
 SLICE_LINES = 4096  # lines whose decoded objects live at once: bounds Python object memory
 SCAN_KEYS = 1024  # most top-level keys the scanner reads (etl/_scan.c MAX_KEYS)
+STRINGS_UP_TO = 1 << 31  # batches up to this size get Arrow strings (int32 offsets)
 
 
 class _Columns:
@@ -55,7 +56,8 @@ class _Columns:
         return self.n
 
     def take(self, indices: list[int]) -> _Columns:
-        return _Columns({k: [v[j] for j in indices] for k, v in self.cols.items()},
+        return _Columns({k: v.take(pa.array(indices, pa.int64())) if isinstance(v, pa.Array)
+                         else [v[j] for j in indices] for k, v in self.cols.items()},
                         len(indices))
 
 
@@ -73,6 +75,9 @@ class _ScanPlan:
         self.keys = list(dict.fromkeys(f.path[0] for f in schema.fields))
         self.usable = len(self.keys) <= SCAN_KEYS
         self.key_bytes = tuple(k.encode() for k in self.keys)
+        # keys read only as top-level strings come back as Arrow string columns
+        self.strings = bytes(all(f.type == "string" and len(f.path) == 1
+                                 for f in schema.fields if f.path[0] == k) for k in self.keys)
         self.filter_key, self.values, self.negate = -1, (), False
         if len(schema.filters) == 1:
             flt = schema.filters[0]
@@ -86,7 +91,28 @@ class _ScanPlan:
                 self.negate = flt.op in ("not_in", "ne")
 
     def scan(self, data: bytes):
-        return _scan.scan(data, self.key_bytes, self.filter_key, self.values, self.negate)
+        return _scan.scan(data, self.key_bytes, self.filter_key, self.values, self.negate,
+                          self.strings if len(data) < STRINGS_UP_TO else b"")
+
+    def columns(self, arrays: tuple, n: int) -> dict:
+        """The scanner's columns as Python values (orjson) or Arrow strings, by key."""
+        cols = {}
+        for key, got in zip(self.keys, arrays):
+            if type(got) is bytes:
+                cols[key] = orjson.loads(got)
+                continue
+            data, offsets, valid, nulls, other_rows, others = got
+            arr = pa.Array.from_buffers(pa.string(), n, [pa.py_buffer(valid) if nulls else None,
+                                                         pa.py_buffer(offsets),
+                                                         pa.py_buffer(data)], null_count=nulls)
+            if other_rows:  # numbers, bools, lists, objects: the values orjson reads
+                values = arr.to_pylist()
+                for row, value in zip(np.frombuffer(other_rows, np.int64).tolist(),
+                                      orjson.loads(others)):
+                    values[row] = value
+                arr = values
+            cols[key] = arr
+        return cols
 
 
 @dataclass(frozen=True)
@@ -164,11 +190,11 @@ class Parser:
             batch.know_count(len(status))  # counting them again costs 0.35 ms/MB
         elif len(status) != len(batch.given):  # an empty list of lines: one blank line to C
             return None
+        kept = np.flatnonzero(status == 1)
         try:
-            cols = {k: orjson.loads(a) for k, a in zip(self.plan.keys, arrays)}
+            cols = self.plan.columns(arrays, len(kept))
         except orjson.JSONDecodeError:
             return None
-        kept = np.flatnonzero(status == 1)
         unsure = np.flatnonzero(status == 2)
         table, rejects, blank, filtered, rows_at = self._typed(
             _Columns(cols, len(kept)), kept.tolist(), [], 0)
@@ -255,7 +281,10 @@ class Parser:
         """Arrays for ``fields`` over ``objs`` and {position: (reason, error)} of bad rows."""
         arrays, bad = {}, {}
         for f in fields:
-            arr, errors = convert_column(self._values(f, objs), f)
+            values = self._values(f, objs)
+            # Arrow strings from the scanner are typed already
+            arr, errors = (values, {}) if isinstance(values, pa.Array) \
+                else convert_column(values, f)
             if f.type == "string" and (f.strip or f.null_if or f.lower or f.html_unescape):
                 arr = clean_column(arr, f)
             for j, err in errors.items():

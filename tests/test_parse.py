@@ -688,9 +688,10 @@ READS_SKIPPED = {"skipped_json": {"path": "skipped", "type": "json"},
 
 @pytest.mark.parametrize("filters, extra",
                          [(None, None), (FILTERED, None), (None, READS_SKIPPED),
+                          (None, {"skipped_text": READS_SKIPPED["skipped_text"]}),
                           *((f, None) for f in BYTE_FILTERS)],
-                         ids=["no-filter", "filter", "reads-every-type", "byte-in",
-                              "byte-not-in", "byte-eq", "byte-ne"])
+                         ids=["no-filter", "filter", "reads-every-type", "reads-as-string",
+                              "byte-in", "byte-not-in", "byte-eq", "byte-ne"])
 def test_fast_path_equals_orjson_path(filters, extra):
     import tomllib
 

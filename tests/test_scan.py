@@ -13,24 +13,35 @@ import functools
 import itertools
 import random
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec
 import numpy as np
 import orjson
+import pyarrow as pa
 import pytest
 
 from etl import _scan
+from etl.parse import _ScanPlan
 from etl.sample import iter_lines
 
 SUITE = Path(__file__).parent / "data" / "jsontestsuite" / "test_parsing"
 FILTERED, KEPT, UNSURE = 0, 1, 2
 
 
-def scan(lines: list[bytes], keys=(b"k",), filter_key=-1, values=(), negate=False):
+def scan(lines: list[bytes], keys=(b"k",), filter_key=-1, values=(), negate=False,
+         strings=b""):
+    """The scanner's statuses, line starts and kept values (Python objects) per key.
+
+    ``strings``: one byte per key, 1 for an Arrow string column (read back through the
+    parser's own ``_ScanPlan.columns``, as the parser does).
+    """
     status, starts, arrays = _scan.scan(b"\n".join(lines), tuple(keys), filter_key,
-                                        tuple(values), negate)
-    kept = [orjson.loads(a) for a in arrays]
+                                        tuple(values), negate, strings)
+    plan = SimpleNamespace(keys=[k.decode() for k in keys])
+    cols = _ScanPlan.columns(plan, arrays, list(status).count(KEPT))
+    kept = [v.to_pylist() if isinstance(v, pa.Array) else v for v in cols.values()]
     return list(status), np.frombuffer(starts, np.int64).tolist(), kept
 
 
@@ -57,9 +68,9 @@ def python_path_reads(line: bytes, keys):
 
 
 def check_sure_means_orjson_agrees(lines: list[bytes], keys=(b"k",), filter_key=-1,
-                                   values=(), negate=False) -> list[int]:
+                                   values=(), negate=False, strings=b"") -> list[int]:
     """The core promise, line by line; returns the statuses."""
-    status, starts, kept = scan(lines, keys, filter_key, values, negate)
+    status, starts, kept = scan(lines, keys, filter_key, values, negate, strings)
     assert len(status) == len(lines)
     assert starts == list(itertools.accumulate((len(x) + 1 for x in lines[:-1]), initial=0))
     row = 0
@@ -98,6 +109,7 @@ def test_suite_documents_in_every_position():
         except UnicodeDecodeError:
             continue  # a batch with invalid UTF-8 never reaches the scanner
         status = check_sure_means_orjson_agrees(lines)
+        assert check_sure_means_orjson_agrees(lines, strings=b"\1") == status  # Arrow strings
         if name.startswith("n_"):
             assert status[1] == UNSURE, name  # refused when wrapped too
         if name.startswith("y_") and status[1] != UNSURE:
@@ -170,8 +182,10 @@ def test_random_mutations(seed):
     lines = [line for line in lines if _utf8(line)]  # the batch gate: UTF-8 checked first
     keys = (b"subreddit", b"id", b"created_utc", b"score", b"body", b"edited", b"gildings")
     names = {b"AskReddit", b"funny", b"news", b"pics"}
-    for filter_key in (-1, 0):
-        status = check_sure_means_orjson_agrees(lines, keys, filter_key, tuple(names))
+    for filter_key, strings in ((-1, b""), (0, b""), (-1, b"\1" * len(keys)),
+                                (0, b"\1\1\0\0\1\0\1")):
+        status = check_sure_means_orjson_agrees(lines, keys, filter_key, tuple(names), False,
+                                                strings)
         assert status.count(UNSURE) > 500 and status.count(UNSURE) < len(lines) - 1000
 
 
@@ -204,3 +218,32 @@ def test_many_keys():
     assert list(status) == [KEPT]
     assert [orjson.loads(a)[0] for a in arrays] == [i if i % 3 == 0 else None
                                                     for i in range(1024)]
+
+
+ESCAPES = [b'"plain"', b'""', b'"\\"\\\\\\/\\b\\f\\n\\r\\t"', b'"\\u0000\\u001f\\u00e9\\u20ac"',
+           b'"\\ud83d\\ude00 and \\uD834\\uDD1E"', "\"é€😀 raw\"".encode(), b'"a\\u0041b"',
+           b"null", b"1", b"-0.5", b"true", b"false", b"[1,\"x\"]", b'{"a":"\\n"}', b"{}", b"[]"]
+
+
+def test_arrow_strings_hold_what_orjson_reads():
+    """Every kind of value under a key read as a string column, kept row by row."""
+    lines = [b'{"k":' + v + b',"n":' + str(i).encode() + b"}" for i, v in enumerate(ESCAPES)]
+    lines += [b'{"n":99}', b'{"k":"after the absent one"}']
+    status, _, (ks, ns) = scan(lines, (b"k", b"n"), strings=b"\1\0")
+    assert status == [KEPT] * len(lines)
+    expected = [orjson.loads(line).get("k") for line in lines]
+    assert ks == expected and ns == [orjson.loads(line).get("n") for line in lines]
+    status, _, arrays = _scan.scan(b"\n".join(lines), (b"k", b"n"), -1, (), False, b"\1\0")
+    data, offsets, valid, nulls, other_rows, others = arrays[0]
+    assert nulls == 10 and np.frombuffer(other_rows, np.int64).tolist() == [8, 9, 10, 11, 12,
+                                                                            13, 14, 15]
+
+
+def test_arrow_strings_without_others_are_one_arrow_array():
+    lines = [b'{"k":"a"}', b'{"k":null}', b'{}', b'{"k":"\\u00e9"}'] * 3
+    plan = SimpleNamespace(keys=["k"])
+    _, _, arrays = _scan.scan(b"\n".join(lines), (b"k",), -1, (), False, b"\1")
+    col = _ScanPlan.columns(plan, arrays, len(lines))["k"]
+    assert isinstance(col, pa.StringArray)
+    col.validate(full=True)
+    assert col.to_pylist() == ["a", None, None, "é"] * 3 and col.null_count == 6
