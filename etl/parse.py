@@ -202,7 +202,7 @@ class Parser:
         if len(unsure):
             starts = np.frombuffer(starts, np.int64)
             stops = np.append(starts[1:] - 1, len(data))
-            lines = [data[starts[i]:stops[i]] for i in unsure.tolist()]
+            lines = [bytes(data[starts[i]:stops[i]]) for i in unsure.tolist()]
             more, rej, b, flt, more_at = self._slice(lines, 0, len(lines))
             rejects += [(int(unsure[i]), *why) for i, *why in rej]
             blank += b
