@@ -250,20 +250,22 @@ class Parser:
         keep = pc.indices_nonzero(mask) if len(objs) else pa.array([], pa.uint64())
         filtered = len(objs) - len(bad) - len(keep)
         rejects += [(where[j], *why) for j, why in bad.items()]
+        every = len(keep) == len(objs)  # usual when the scanner applied the filter
         keep_list = keep.to_pylist()
-        if len(keep) == len(objs):
-            kept_objs = objs
+        if every:
+            kept_objs, kept_where = objs, where
         else:
             kept_objs = objs.take(keep_list) if type(objs) is _Columns \
                 else [objs[j] for j in keep_list]
-        kept_where = [where[j] for j in keep_list]
+            kept_where = [where[j] for j in keep_list]
         second, bad2 = self._convert(self.other_fields, kept_objs)
         rejects += [(kept_where[k], *why) for k, why in bad2.items()]
         final = pa.array([k for k in range(len(kept_objs)) if k not in bad2], pa.int64()) \
             if bad2 else None
         cols = []
         for f in self.schema.fields:
-            arr = first[f.name].take(keep) if f.name in first else second[f.name]
+            arr = second[f.name] if f.name not in first else \
+                first[f.name] if every else first[f.name].take(keep)
             cols.append(arr.take(final) if final is not None else arr)
         rows_at = [kept_where[k] for k in final.to_pylist()] if final is not None else kept_where
         return (pa.Table.from_arrays(cols, schema=self.arrow_schema), rejects, blank, filtered,
