@@ -27,7 +27,7 @@ from psycopg.copy import QueuedLibpqWriter
 
 from etl.errors import LoadError, TransientLoadError, UnreachableError
 from etl.load.base import Loader, LoadUnit, quote, unit_columns
-from etl.load.tables import upsert_sql
+from etl.load.tables import create_or_evolve, upsert_sql
 from etl.schema import Schema
 from etl.storage import Folder
 
@@ -76,8 +76,9 @@ class PostgresLoader(Loader):
     def __init__(self, url: sa.URL):
         if url.drivername == "postgresql":
             url = url.set(drivername="postgresql+psycopg")
-        super().__init__(url, sa.create_engine(
-            url, poolclass=sa.pool.NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT}))
+        self.url = url
+        self.engine = sa.create_engine(
+            url, poolclass=sa.pool.NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT})
         self.reached = False  # once connected, losing the server mid-load is worth retrying
         sa.event.listen(self.engine, "connect", lambda *_: setattr(self, "reached", True))
 
@@ -95,6 +96,26 @@ class PostgresLoader(Loader):
                                     "server running and the URL right?", self.where())
         return LoadError(f"{text}; fix the cause, then rerun (nothing of this transaction was "
                          "committed)", self.where())
+
+    def where(self) -> str:
+        u = self.url
+        return f"{u.host}:{u.port or 5432}/{u.database}" if u.host else str(u.database)
+
+    def _run(self, fn):
+        try:
+            with self.engine.begin() as conn:
+                return fn(conn)
+        except sa.exc.DBAPIError as exc:
+            raise self._classify(exc) from exc
+
+    def _rows(self, conn, sql: str) -> list[tuple]:
+        return [tuple(r) for r in conn.execute(sa.text(sql))]
+
+    def prepare(self, schema: Schema) -> None:
+        self._run(lambda conn: create_or_evolve(conn, schema, self.dialect))
+
+    def close(self) -> None:
+        self.engine.dispose()
 
     def load(self, schema: Schema, out: str, units: tuple[LoadUnit, ...]) -> int:
         cols = [f.name for f in unit_columns(out, schema, units)]

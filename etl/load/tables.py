@@ -1,16 +1,19 @@
-"""Schema -> SQLAlchemy table, additive evolution, and the upsert statement both loaders use."""
+"""Schema -> SQLAlchemy table, additive evolution, and the upsert statement both loaders use.
+
+SQLAlchemy is imported only where it is used: the DuckDB loader does without it.
+"""
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
-
-from etl.load.base import loads_table
+from etl.load.base import LOADS_TABLE
 from etl.schema import Field, Schema
 
 
 def sql_type(f: Field, dialect: str):
     """The column type for a field (timestamps as timestamptz)."""
+    import sqlalchemy as sa
+    from sqlalchemy.dialects import postgresql
+
     if f.type == "list<string>":
         return postgresql.ARRAY(sa.Text) if dialect == "postgresql" else sa.Text
     if f.type == "json":
@@ -20,8 +23,25 @@ def sql_type(f: Field, dialect: str):
             "date": sa.Date}[f.type]
 
 
-def build_tables(schema: Schema, dialect: str) -> tuple[sa.MetaData, sa.Table]:
+def loads_table(metadata):
+    """_etl_loads: one row per Parquet file loaded, keyed by (file, ingest token)."""
+    import sqlalchemy as sa
+
+    return sa.Table(
+        LOADS_TABLE, metadata,
+        sa.Column("file", sa.Text, primary_key=True),
+        sa.Column("token", sa.Text, primary_key=True),
+        sa.Column("shard", sa.Text, nullable=False),
+        sa.Column("dataset", sa.Text, nullable=False),
+        sa.Column("rows", sa.BigInteger, nullable=False),
+        sa.Column("loaded_at", sa.DateTime(timezone=True), nullable=False),
+    )
+
+
+def build_tables(schema: Schema, dialect: str):
     """MetaData holding the dataset table (primary key on ``[dataset] key``) and _etl_loads."""
+    import sqlalchemy as sa
+
     md = sa.MetaData()
     cols = [sa.Column(f.name, sql_type(f, dialect), primary_key=(f.name == schema.key),
                       nullable=f.name != schema.key) for f in schema.fields]
@@ -30,8 +50,11 @@ def build_tables(schema: Schema, dialect: str) -> tuple[sa.MetaData, sa.Table]:
     return md, table
 
 
-def create_or_evolve(conn: sa.Connection, schema: Schema, dialect: str) -> list[str]:
-    """Create missing tables; add columns the schema gained. Returns the columns added."""
+def create_or_evolve(conn, schema: Schema, dialect: str) -> list[str]:
+    """Create missing tables; add columns the schema gained (``conn``: a SQLAlchemy
+    connection). Returns the columns added."""
+    import sqlalchemy as sa
+
     md, table = build_tables(schema, dialect)
     md.create_all(conn)
     # information_schema, not sa.inspect().get_columns: duckdb-engine's reflection needs
