@@ -50,13 +50,20 @@ def _pg_array(values) -> str | None:
 
 def csv_bytes(batch: pa.RecordBatch, seq_start: int | None) -> bytes:
     """A record batch as COPY CSV (null unquoted-empty, empty string quoted), with a SEQ
-    column numbering rows from ``seq_start`` unless that is None."""
+    column numbering rows from ``seq_start`` unless that is None.
+
+    Timestamps are written as UTC wall-clock time without a zone (Arrow writes zoned ones
+    about 15 times slower, most of the whole conversion): COPY them with TimeZone UTC.
+    """
     cols, names = [], []
     for name, col in zip(batch.schema.names, batch.columns):
         if pa.types.is_list(col.type):
             col = pa.array([_pg_array(v) for v in col.to_pylist()], pa.string())
-        if pa.types.is_string(col.type):  # Postgres text cannot hold NUL: documented rule
+        # Postgres text cannot hold NUL (documented rule); looking costs a quarter of replacing
+        if pa.types.is_string(col.type) and pc.any(pc.match_substring(col, "\x00")).as_py():
             col = pc.replace_substring(col, "\x00", "\ufffd")
+        if pa.types.is_timestamp(col.type) and col.type.tz is not None:
+            col = col.cast(pa.timestamp(col.type.unit))  # the same instants, stored as UTC
         cols.append(col)
         names.append(name)
     if seq_start is not None:
@@ -164,6 +171,7 @@ class PostgresLoader(Loader):
         A queued writer sends from a thread, so Parquet is read and turned into CSV
         while the server parses what was sent before.
         """
+        conn.execute(sa.text("SET LOCAL TimeZone = 'UTC'"))  # csv_bytes writes UTC, zoneless
         cursor = conn.connection.driver_connection.cursor()
         folder = Folder(out)
         target = ", ".join([quote(c) for c in cols] + ([SEQ] if seq else []))
