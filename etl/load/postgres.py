@@ -144,10 +144,23 @@ class PostgresLoader(Loader):
         return self._run(merge)
 
     def _copy_new_rows(self, conn, schema: Schema, out: str, units, cols: list[str]):
-        """COPY straight into the table in a savepoint; None (rolled back) if a key is there."""
+        """COPY straight into the table in a savepoint; None (rolled back) if a key is there.
+
+        Into an empty table the primary key is dropped for the COPY and added back after
+        it, in the same savepoint: one sorted index build instead of a B-tree insert per
+        row (COPY into a keyed table took 2.5-3 times as long). Adding it back checks
+        every key once, so a repeated key still rolls back to the staging path.
+        """
+        table = quote(schema.name)
         savepoint = conn.begin_nested()
+        cursor = conn.connection.driver_connection.cursor()
         try:
-            rows = self._copy(conn, out, units, cols, quote(schema.name), False)
+            key = _droppable_primary_key(cursor, table)
+            if key:
+                cursor.execute(f"ALTER TABLE {table} DROP CONSTRAINT {quote(key[0])}")
+            rows = self._copy(conn, out, units, cols, table, False)
+            if key:
+                cursor.execute(f"ALTER TABLE {table} ADD CONSTRAINT {quote(key[0])} {key[1]}")
         except psycopg.errors.UniqueViolation:
             savepoint.rollback()
             return None
@@ -187,6 +200,17 @@ class PostgresLoader(Loader):
                     copy.write(csv_bytes(batch, sent if seq else None))
                     sent += batch.num_rows
         return sent
+
+
+def _droppable_primary_key(cursor, table: str) -> tuple[str, str] | None:
+    """(name, definition) of the table's primary key when the table is empty and no
+    foreign key refers to it; else None. Empty: taken as a hint, the key's return checks."""
+    cursor.execute(
+        "SELECT c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c "
+        "WHERE c.conrelid = %s::regclass AND c.contype = 'p' "
+        "AND NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.confrelid = c.conrelid) "
+        f"AND NOT EXISTS (SELECT 1 FROM {table})", (table,))
+    return cursor.fetchone()
 
 
 def _first_keys_there(conn, schema: Schema, out: str, units: tuple[LoadUnit, ...]) -> bool:
