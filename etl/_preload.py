@@ -10,5 +10,7 @@ worker_start()  # before anything calls pa.array: forked workers inherit the ans
 import etl.pipeline  # noqa: E402,F401  (dask, pyarrow, the job: imported once, for all)
 
 # when the run stops the server, skip tearing down all those modules (0.1 s, measured):
-# the server holds no data, and its forked workers leave by os._exit, never by atexit
-atexit.register(os._exit, 0)
+# the server holds no data, and its forked workers leave by os._exit, never by atexit.
+# Only in the server: any other process importing this module exits as usual.
+if os.environ.get("ETL_FORK_SERVER") == "1":
+    atexit.register(os._exit, 0)

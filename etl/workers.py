@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import importlib.abc
 import multiprocessing
+import os
 import sys
 
 PRELOAD = "etl._preload"
+SERVER_MARK = "ETL_FORK_SERVER"  # set in the fork server's environment only
 
 
 def context() -> str:
@@ -29,11 +31,14 @@ def start_early() -> None:
         return
     from multiprocessing import forkserver
 
+    os.environ[SERVER_MARK] = "1"  # the server inherits it; etl._preload checks it
     try:
         multiprocessing.get_context("forkserver").set_forkserver_preload([PRELOAD])
         forkserver.ensure_running()
     except Exception:  # noqa: BLE001 - the pool starts it (or spawns) later anyway
         pass
+    finally:
+        del os.environ[SERVER_MARK]
 
 
 def stop() -> None:

@@ -419,3 +419,10 @@ def test_workers_fork_from_a_preloaded_server_that_stops_with_the_run(tmp_path):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout.decode().split("\n")[:2] == ["(True, False)", "False"]
+
+
+def test_preload_module_keeps_other_processes_exit_codes():
+    """etl._preload cuts the fork server's teardown short; imported elsewhere, it must not."""
+    proc = subprocess.run([sys.executable, "-c", "import sys, etl._preload; sys.exit(3)"],
+                          capture_output=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 3, proc.stderr.decode()
