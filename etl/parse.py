@@ -203,12 +203,16 @@ class Parser:
             starts = np.frombuffer(starts, np.int64)
             stops = np.append(starts[1:] - 1, len(data))
             lines = [bytes(data[starts[i]:stops[i]]) for i in unsure.tolist()]
-            more, rej, b, flt, more_at = self._slice(lines, 0, len(lines))
-            rejects += [(int(unsure[i]), *why) for i, *why in rej]
-            blank += b
-            filtered += flt
-            at = np.concatenate((np.asarray(rows_at, np.int64), unsure[more_at]))
-            table = pa.concat_tables([table, more]).take(np.argsort(at, kind="stable"))
+            tables, at = [table], [np.asarray(rows_at, np.int64)]
+            for lo in range(0, len(lines), SLICE_LINES):  # bounded: dicts of 4096 lines
+                more, rej, b, flt, more_at = self._slice(lines, lo, lo + SLICE_LINES)
+                rejects += [(int(unsure[i]), *why) for i, *why in rej]
+                blank += b
+                filtered += flt
+                tables.append(more)
+                at.append(unsure[more_at])
+            order = np.argsort(np.concatenate(at), kind="stable")  # rows in line order
+            table = pa.concat_tables(tables).take(order)
         return self._result(batch, table, rejects, blank, filtered)
 
     def _slice(self, lines: list[bytes], lo: int, hi: int):

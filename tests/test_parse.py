@@ -772,3 +772,21 @@ def test_scanner_equals_orjson_path_on_raw_batches(filters):
     assert all(st.count(2) == len(odd) - 1 for st in statuses)  # and handed on all but CRLF
     if filters == BYTE_FILTERS[0]:
         assert all(st.count(0) > 1000 for st in statuses)  # it decided the filter itself
+
+
+def test_many_unsure_lines_go_through_orjson_in_bounded_slices(monkeypatch):
+    """A batch the scanner hands on almost whole: slices of SLICE_LINES, rows in order."""
+    from etl import parse
+    from etl.sample import iter_lines
+
+    monkeypatch.setattr(parse, "SLICE_LINES", 50)
+    schema = load_schema(COMMENTS_SCHEMA)
+    lines = []
+    for i, line in enumerate(iter_lines(400, seed=11, bad_rate=0.1)):
+        # an escaped top-level key: the scanner cannot vouch for it
+        lines.append(line.replace(b'"id":', b'"\\u0069d":', 1) if i % 3 else line)
+    batch = LineBatch(None, 1, 0, b"\n".join(lines))
+    fast, slow = Parser(schema), _orjson_only(schema)
+    a, b = _result_key(fast.parse_batch(batch)), _result_key(slow.parse_batch(batch))
+    assert a[0].equals(b[0]) and a[1:] == b[1:]
+    assert a[0].num_rows > 200
