@@ -16,7 +16,7 @@ import time
 import traceback
 from collections import Counter
 
-from etl import parquet
+from etl import manifest, parquet
 from etl.config import IngestConfig
 from etl.errors import EtlError, ShardError
 from etl.parse import BatchResult, Parser
@@ -46,7 +46,7 @@ def process_shard(shard: Shard, cfg: IngestConfig) -> dict:
     if rec["status"] != "ok":
         parquet.remove_shard_files(cfg.out, shard.id)
     try:
-        parquet.write_manifest(cfg.out, shard.id, rec)  # failed ones too, for `etl status`
+        manifest.write_manifest(cfg.out, shard.id, rec)  # failed ones too, for `etl status`
     except OSError as exc:  # e.g. the disk is full: unrecorded, the shard is not done
         parquet.remove_shard_files(cfg.out, shard.id)
         if rec["status"] == "ok":
@@ -66,7 +66,7 @@ def quick_skip(shard: Shard, out: str) -> dict | None:
     A cheap stat-only check for frequent (cron) runs over many old shards; anything
     else goes to ``process_shard``, which compares content fingerprints.
     """
-    prev = parquet.read_manifest(out, shard.id)
+    prev = manifest.read_manifest(out, shard.id)
     if (prev and prev.get("status") == "ok" and shard.mtime is not None
             and prev.get("size") == shard.size and prev.get("mtime") == shard.mtime):
         return skipped_record(shard, prev)
@@ -75,7 +75,7 @@ def quick_skip(shard: Shard, out: str) -> dict | None:
 
 def shard_is_done(out: str, shard: Shard) -> bool:
     """True when the manifest says ``shard`` finished and it has not changed since."""
-    return _unchanged(parquet.read_manifest(out, shard.id), shard, fingerprint(shard))
+    return _unchanged(manifest.read_manifest(out, shard.id), shard, fingerprint(shard))
 
 
 def _unchanged(prev: dict | None, shard: Shard, fp: str | None) -> bool:
@@ -153,10 +153,10 @@ def _begin(shard: Shard, cfg: IngestConfig) -> tuple[dict | None, str | None]:
         fp = fingerprint(shard)
     except EtlError as exc:
         return empty_record(shard, "failed", str(exc)), None
-    prev = parquet.read_manifest(cfg.out, shard.id)
+    prev = manifest.read_manifest(cfg.out, shard.id)
     if not cfg.force and _unchanged(prev, shard, fp):
         return skipped_record(shard, prev), fp
-    parquet.forget_manifest(cfg.out, shard.id)
+    manifest.forget_manifest(cfg.out, shard.id)
     parquet.discard_temp(cfg.out, shard.id)
     return None, fp
 
@@ -208,7 +208,7 @@ def finish_parts(shard: Shard, recs: list[dict], cfg: IngestConfig, start: float
         rec["rejects_file"] = parquet.merge_rejects(cfg.out, shard.id, pieces)
         rec["fingerprint"], rec["bytes_in"] = fp, shard.size  # every byte was some part's
         rec["seconds"] = round(time.monotonic() - start, 3)
-        parquet.write_manifest(cfg.out, shard.id, rec)
+        manifest.write_manifest(cfg.out, shard.id, rec)
     except Exception as exc:
         parquet.discard_temp(cfg.out, shard.id)
         parquet.remove_shard_files(cfg.out, shard.id)
@@ -218,7 +218,7 @@ def finish_parts(shard: Shard, recs: list[dict], cfg: IngestConfig, start: float
             rec["error"] = f"{exc}; nothing of the shard is published"
         rec["lines_read"] = read
         try:
-            parquet.write_manifest(cfg.out, shard.id, rec)
+            manifest.write_manifest(cfg.out, shard.id, rec)
         except OSError:
             pass
     return rec

@@ -14,10 +14,8 @@ a rerun first removes that shard's earlier files: it replaces, never duplicates.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import posixpath
-import time
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -34,7 +32,7 @@ MAX_OPEN_FILES = 64             # open Parquet writers per shard; the least rece
 MAX_ROW_GROUPS = 64             # row groups per file: an open writer holds the metadata of
                                 # all of its row groups (measured: RSS grew with the input)
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
-REJECTS_DIR, MANIFEST_DIR = "_rejects", "_manifest"
+REJECTS_DIR = "_rejects"
 REJECT_SCHEMA = pa.schema([
     ("shard", pa.string()), ("line_no", pa.int64()), ("offset", pa.int64()),
     ("reason", pa.string()), ("error", pa.string()), ("line", pa.binary()),
@@ -283,39 +281,3 @@ class RejectWriter:
         if self._writer is not None:
             _close_quietly(self._writer)
             self.out.remove(_tmp(self.final))
-
-
-# ---------------------------------------------------------------- manifest
-
-def manifest_path(out: str, shard_id: str) -> str:
-    return Folder(out).join(MANIFEST_DIR, f"{shard_id}.json")
-
-
-def read_manifest(out: str, shard_id: str) -> dict | None:
-    """The record of a shard's last finished run, or None."""
-    folder = Folder(out)
-    try:
-        return json.loads(folder.read_bytes(folder.join(MANIFEST_DIR, f"{shard_id}.json")))
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def read_all_manifests(out: str) -> list[dict]:
-    """Every shard record in the output folder."""
-    folder = Folder(out)
-    pattern = posixpath.join(glob.escape(folder.root), MANIFEST_DIR, "*.json")
-    return [json.loads(folder.read_bytes(p)) for p in folder.glob(pattern)]
-
-
-def write_manifest(out: str, shard_id: str, record: dict) -> None:
-    """Atomically write a shard's record (temporary file, fsync, rename)."""
-    folder = Folder(out)
-    record = dict(record, written_at=time.time())
-    folder.write_atomic(folder.join(MANIFEST_DIR, f"{shard_id}.json"),
-                        json.dumps(record, indent=1, sort_keys=True).encode())
-
-
-def forget_manifest(out: str, shard_id: str) -> None:
-    """Drop a shard's record before its files change, so a crash means 'redo'."""
-    folder = Folder(out)
-    folder.remove(folder.join(MANIFEST_DIR, f"{shard_id}.json"))

@@ -26,7 +26,7 @@ from etl.cli import main as etl_main
 from etl.errors import LoadError, TransientLoadError
 from etl.load import base
 from etl.load.base import run_load, with_retries
-from etl.parquet import read_all_manifests
+from etl.manifest import read_all_manifests
 from etl.sample import generate
 from etl.schema import load_schema
 from tests.conftest import ROOT

@@ -15,7 +15,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-from etl import parquet
+from etl import manifest
 from etl.errors import ConfigError, LoadError, TransientLoadError, UnreachableError
 from etl.schema import Field, Schema
 from etl.storage import Folder
@@ -79,7 +79,7 @@ def batches(units: list[LoadUnit], max_rows: int) -> list[tuple[LoadUnit, ...]]:
 def load_units(out: str) -> list[LoadUnit]:
     """Every finished shard of an ingest folder with the files it published."""
     units = []
-    for rec in parquet.read_all_manifests(out):
+    for rec in manifest.read_all_manifests(out):
         if rec.get("status") == "ok" and rec.get("files"):
             token = f"{rec.get('fingerprint')}@{rec.get('written_at')}"
             files = tuple((f["path"], f["rows"]) for f in rec["files"])
@@ -279,7 +279,7 @@ def run_load(out: str, schema: Schema, url: str = DEFAULT_DB) -> dict:
 
 def status(out: str, url: str | None, pending_inputs: list[str] | None = None) -> dict:
     """Shards done / failed / pending, files loaded / pending, rows per table."""
-    records = parquet.read_all_manifests(out) if os.path.isdir(out) else []
+    records = manifest.read_all_manifests(out) if os.path.isdir(out) else []
     ok = [r for r in records if r.get("status") == "ok"]
     result = {"out": out, "shards_done": len(ok),
               "shards_failed": sorted(r["path"] for r in records if r.get("status") == "failed")}

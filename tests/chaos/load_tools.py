@@ -16,7 +16,7 @@ from pathlib import Path
 import duckdb
 import sqlalchemy as sa
 
-from etl.parquet import read_all_manifests
+from etl.manifest import read_all_manifests
 from tests.conftest import ROOT
 from tests.pg import HOST, START_TIMEOUT, PgServer
 
