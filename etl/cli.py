@@ -96,7 +96,8 @@ def _ingest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--part-mb", type=float, default=128.0,
                    help="cut a big shard that can split (plain, multi-frame zstd, multi-block "
                         "xz, bgzip) into parts of about this many compressed MB, run in "
-                        "parallel; 0 never splits (default 128)")
+                        "parallel, when that keeps cores busy (fewer shards than cores, or "
+                        "this one over a core's share); 0 never splits (default 128)")
     p.add_argument("--force", action="store_true", help="redo shards already finished")
     p.add_argument("--stdin-name", default="stdin",
                    help="identity of '-' (output file names derive from it; default stdin)")

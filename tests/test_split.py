@@ -185,3 +185,18 @@ def test_plain_parts_are_equal(tmp_path):
     parts = split.plan(find_shards([str(path)])[0], len(TRICKY) // 3 + 1)
     sizes = [p.size for p in parts]
     assert len(parts) == 3 and max(sizes) - min(sizes) <= 1
+
+
+def test_shards_split_only_to_keep_cores_busy(monkeypatch):
+    """Four equal shards on two cores run whole; one big one, or a straggler, splits."""
+    from etl.pipeline import _worth_splitting
+    from etl.shards import Shard
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    four = [Shard(f"/d/{i}.ndjson", 275 << 20, 0.0) for i in range(4)]
+    assert not any(_worth_splitting(s, four, "processes") for s in four)
+    one = [Shard("/d/big.ndjson", 1 << 30, 0.0)]
+    assert _worth_splitting(one[0], one, "processes")
+    mixed = [Shard("/d/big.ndjson", 10 << 30, 0.0)] + four
+    assert [_worth_splitting(s, mixed, "processes") for s in mixed] == [True] + [False] * 4
+    assert all(_worth_splitting(s, four, "tcp://scheduler:8786") for s in four)
