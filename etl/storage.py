@@ -14,8 +14,6 @@ import os
 import posixpath
 from functools import cached_property
 
-import fsspec
-
 
 def temp_name(path: str) -> str:
     """The hidden temporary name a file is written under before its rename."""
@@ -31,6 +29,8 @@ class Folder:
         if self.local:
             self.root = os.path.abspath(root)
         else:
+            import fsspec  # here: a local run never pays its import (0.06-0.1 s)
+
             self.fs, path = fsspec.core.url_to_fs(root)
             self.root = path.rstrip("/")
 
