@@ -409,7 +409,7 @@ def pass_rate(results: list[Result], lines: int) -> str:
 
 LOAD_TEXT = (
     "etl's zst Parquet (4 shards) into an empty warehouse. DuckDB: `etl load` (table made by "
-    "SQLAlchemy with a primary key, upsert by key, each file recorded in `_etl_loads` in the "
+    "etl with a primary key, upsert by key, each file recorded in `_etl_loads` in the "
     "same transaction) against DuckDB's own `CREATE TABLE AS SELECT * FROM read_parquet(...)` "
     "(no key, no bookkeeping). Postgres, on a throwaway local cluster (fsync off, as the "
     "tests run it): `etl load` against `psql \\copy` of the same rows, exported once as CSV "
