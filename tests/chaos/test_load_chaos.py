@@ -72,17 +72,20 @@ def _run_cmd(folder: Path, out: Path, url: str) -> list[str]:
 
 
 def _timed_clean_run(cmd: list[str]) -> tuple[float, float]:
-    """Run to the end; return (seconds until ingest ended, seconds in all)."""
+    """Run to the end; return (seconds until ingest ended, seconds until load ended)."""
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ingest_end, lines = None, []
-    for line in proc.stderr:  # --log-json: the shard events come when ingest is over
-        lines.append(line)
+    ingest_end = load_end = None
+    lines = []
+    for line in proc.stderr:  # --log-json: the shard events come when ingest is over,
+        lines.append(line)    # "done" when the load is (then only the exit is left)
         if ingest_end is None and b'"event": "shard"' in line:
             ingest_end = time.monotonic() - start
+        if load_end is None and b'"event": "done"' in line:
+            load_end = time.monotonic() - start
     assert proc.wait() == 0, b"".join(lines).decode()
     total = time.monotonic() - start
-    return ingest_end or total / 2, total
+    return ingest_end or total / 2, load_end or total
 
 
 def _parquet_ids(out: Path) -> list[str]:
@@ -118,7 +121,7 @@ def _verify(out: Path, url: str, clean: list[tuple], clean_ids: list[str]) -> tu
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sigkill_etl_run_at_random_moments(backend, new_db, shard_folder, tmp_path, chaos):
     clean_out, clean_url = tmp_path / "clean", new_db()
-    ingest_end, total = _timed_clean_run(_run_cmd(shard_folder, clean_out, clean_url))
+    ingest_end, load_end = _timed_clean_run(_run_cmd(shard_folder, clean_out, clean_url))
     clean, clean_ids = table_rows(clean_url), _parquet_ids(clean_out)
     files = sum(len(f) for f in finished(clean_out).values())
     assert len(clean) > SHARDS * LINES * 0.9
@@ -131,7 +134,7 @@ def test_sigkill_etl_run_at_random_moments(backend, new_db, shard_folder, tmp_pa
     while kills < KILLS[backend]:
         attempts += 1
         assert attempts <= 4 * KILLS[backend], f"kills kept missing: {phases}"
-        lo, hi = (0.0, ingest_end) if attempts % 2 else (ingest_end, total)  # ingest, load
+        lo, hi = (0.0, ingest_end) if attempts % 2 else (ingest_end, load_end)  # ingest, load
         outcome = run_until(_run_cmd(shard_folder, out, url), rng.uniform(lo, hi),
                             tmp_path / "stderr.txt")
         if outcome.killed:
