@@ -70,6 +70,8 @@ def _compute(bag: db.Bag, scheduler: str, announce: bool = False) -> list[dict]:
         # sends every shard of a small run to one worker (measured: 1 of 2 cores busy)
         kwargs = {"num_workers": os.cpu_count(), "chunksize": 1,
                   "initializer": workers.worker_start} if scheduler == "processes" else {}
+        if scheduler == "processes":
+            workers.start_early()  # started already by the CLI; else here, or spawn
         with dask.config.set({"multiprocessing.context": workers.context()}):
             return bag.compute(scheduler=LOCAL[scheduler], **kwargs)
     from distributed import Client

@@ -20,13 +20,22 @@ PRELOAD = "etl._preload"
 SERVER_MARK = "ETL_FORK_SERVER"  # set in the fork server's environment only
 
 
+_server_failed = False  # the fork server would not start here: spawn from then on
+
+
 def context() -> str:
     """The start method for local worker processes."""
-    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    usable = "forkserver" in multiprocessing.get_all_start_methods() and not _server_failed
+    return "forkserver" if usable else "spawn"
 
 
 def start_early() -> None:
-    """Start the fork server now, in the background; idempotent; never fails the run."""
+    """Start the fork server now, in the background (a no-op when it runs already).
+
+    Never fails the run: where it cannot start (no Unix sockets, say), ``context``
+    says spawn from then on, as before fork servers.
+    """
+    global _server_failed
     if context() != "forkserver":
         return
     from multiprocessing import forkserver
@@ -35,8 +44,8 @@ def start_early() -> None:
     try:
         multiprocessing.get_context("forkserver").set_forkserver_preload([PRELOAD])
         forkserver.ensure_running()
-    except Exception:  # noqa: BLE001 - the pool starts it (or spawns) later anyway
-        pass
+    except Exception:  # noqa: BLE001 - any failure here means: spawn instead
+        _server_failed = True
     finally:
         del os.environ[SERVER_MARK]
 

@@ -426,3 +426,21 @@ def test_preload_module_keeps_other_processes_exit_codes():
     proc = subprocess.run([sys.executable, "-c", "import sys, etl._preload; sys.exit(3)"],
                           capture_output=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 3, proc.stderr.decode()
+
+
+def test_workers_are_spawned_where_the_fork_server_cannot_start(monkeypatch, tmp_path):
+    """No Unix sockets, say: the run goes on with spawned workers, same result."""
+    from multiprocessing import forkserver
+
+    from etl import workers
+
+    def refuse():
+        raise OSError("no AF_UNIX here")
+
+    monkeypatch.setattr(forkserver, "ensure_running", refuse)
+    monkeypatch.setattr(workers, "_server_failed", False)
+    src = tmp_path / "s.ndjson"
+    src.write_bytes(b"\n".join(iter_lines(300, seed=31)))
+    report = etl.ingest([str(src)], COMMENTS, str(tmp_path / "out"), scheduler="processes")
+    assert workers.context() == "spawn"
+    assert report["status"]["ok"] == 1 and report["rows_written"] > 0
