@@ -21,13 +21,10 @@ DATABASES = {"etl": "bench_etl", "copy": "bench_copy"}  # one per step: neither 
 
 def ddl(schema: Schema) -> str:
     """CREATE TABLE for the schema's table exactly as etl's Postgres loader makes it."""
-    import sqlalchemy as sa
-    from sqlalchemy.dialects import postgresql
+    from etl.load.base import quote
+    from etl.load.tables import table_ddl
 
-    from etl.load.tables import build_tables
-
-    _, table = build_tables(schema, "postgresql")
-    return str(sa.schema.CreateTable(table).compile(dialect=postgresql.dialect())).strip()
+    return table_ddl(schema, "postgresql", quote)
 
 
 def psql_argv(port: int, database: str, command: str) -> tuple[str, ...]:

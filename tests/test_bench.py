@@ -164,8 +164,8 @@ def test_split_lines_cuts_at_line_ends_into_about_equal_files(tmp_path):
 def test_postgres_steps_load_into_fresh_tables_of_the_same_ddl(tmp_path):
     schema = load_schema(engines.SCHEMA)
     ddl = pg.ddl(schema)
-    assert ddl.startswith("CREATE TABLE comments") and "PRIMARY KEY (id)" in ddl
-    assert "created_utc TIMESTAMP WITH TIME ZONE" in ddl
+    assert ddl.startswith('CREATE TABLE IF NOT EXISTS "comments"')
+    assert 'PRIMARY KEY ("id")' in ddl and '"created_utc" TIMESTAMP WITH TIME ZONE' in ddl
     columns = [f.name for f in schema.fields]
     csv = tmp_path / "it's.csv"
     assert pg.copy_command("comments", columns[:2], csv) == \

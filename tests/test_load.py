@@ -28,7 +28,7 @@ from etl.load import base
 from etl.load.base import run_load, with_retries
 from etl.manifest import read_all_manifests
 from etl.sample import generate
-from etl.schema import load_schema
+from etl.schema import load_schema, schema_from_dict
 from tests.conftest import ROOT
 from tests.pg import free_port, pg_server, pg_url  # noqa: F401  (PostgreSQL fixtures)
 from tests.test_pipeline import COMMENTS, ETL, run_etl, sample_bytes, write_shard
@@ -583,3 +583,31 @@ def test_postgres_replaces_nul_in_text(tmp_path, pg_url):
     with engine.connect() as conn:
         assert conn.execute(sa.text("select body from comments")).scalar() == "before\ufffdafter"
     engine.dispose()
+
+
+def test_every_schema_type_gets_its_column_type_and_a_new_one_is_added(backend, db_url):
+    """The DDL both loaders share (etl/load/tables.py), on the real databases."""
+    fields = {"id": {"type": "string", "required": True}, "n": {"type": "int64"},
+              "m": {"type": "int32"}, "x": {"type": "float64"}, "b": {"type": "bool"},
+              "t": {"type": "timestamp"}, "d": {"type": "date"},
+              "tags": {"type": "list<string>"}, "doc": {"type": "json"}}
+    schema = schema_from_dict({"dataset": {"name": "typed", "key": "id"}, "fields": fields})
+    loader = base.open_loader(db_url)
+    try:
+        loader.prepare(schema)
+        fields["later"] = {"type": "string"}
+        loader.prepare(schema_from_dict({"dataset": {"name": "typed", "key": "id"},
+                                         "fields": fields}))
+        loader.prepare(schema)  # nothing to add, nothing lost: additive only
+    finally:
+        loader.close()
+    types = dict(sql(db_url, "SELECT column_name, data_type FROM information_schema.columns "
+                             "WHERE table_name = 'typed'"))
+    expected = {"duckdb": {"tags": "varchar", "doc": "varchar", "x": "double",
+                           "later": "varchar"},
+                "postgres": {"tags": "array", "doc": "jsonb", "x": "double precision",
+                             "later": "text"}}[backend]
+    assert {k: types[k].lower() for k in expected} == expected
+    assert set(types) == set(fields)
+    assert {r[0] for r in sql(db_url, "SELECT table_name FROM information_schema.tables")} \
+        >= {"typed", "_etl_loads"}

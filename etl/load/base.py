@@ -112,8 +112,16 @@ class Loader(ABC):
         """The rows of one query, on a connection ``_run`` gave."""
 
     @abstractmethod
+    def _execute(self, conn, sql: str) -> None:
+        """Run one statement, on a connection ``_run`` gave."""
+
     def prepare(self, schema: Schema) -> None:
         """Create the table (and ``_etl_loads``) if missing; add columns the schema gained."""
+        from etl.load.tables import create_or_evolve
+
+        self._run(lambda conn: create_or_evolve(
+            lambda sql: self._execute(conn, sql), lambda sql: self._rows(conn, sql),
+            schema, self.dialect, quote))
 
     @abstractmethod
     def load(self, schema: Schema, out: str, units: tuple[LoadUnit, ...]) -> int:

@@ -13,20 +13,13 @@ from __future__ import annotations
 import os
 
 from etl.errors import LoadError, TransientLoadError
-from etl.load.base import BATCH_ROWS, LOADS_TABLE, Loader, LoadUnit, quote, unit_columns
+from etl.load.base import BATCH_ROWS, Loader, LoadUnit, quote, unit_columns
 from etl.load.tables import upsert_sql
 from etl.schema import Schema
 from etl.storage import Folder
 
 TRANSIENT = ("could not set lock", "conflicting lock", "transactioncontext error")
 FILE, RANK = "_etl_file", "_etl_rank"  # prefixed: a field may well be called "filename"
-# column types per schema type: the ones SQLAlchemy's DDL gave before
-TYPES = {"string": "VARCHAR", "int64": "BIGINT", "int32": "INTEGER", "float64": "DOUBLE",
-         "bool": "BOOLEAN", "timestamp": "TIMESTAMP WITH TIME ZONE", "date": "DATE",
-         "list<string>": "VARCHAR", "json": "VARCHAR"}
-LOADS_DDL = (f"CREATE TABLE IF NOT EXISTS {LOADS_TABLE} (file VARCHAR, token VARCHAR, "
-             "shard VARCHAR NOT NULL, dataset VARCHAR NOT NULL, \"rows\" BIGINT NOT NULL, "
-             "loaded_at TIMESTAMP WITH TIME ZONE NOT NULL, PRIMARY KEY (file, token))")
 
 
 def _sql_str(s: str) -> str:
@@ -47,23 +40,6 @@ def source_sql(urls: list[str], cols: list[str], ranked: bool) -> str:
     return (f"read_parquet([{files}], union_by_name = true, filename = '{FILE}', "
             f"file_row_number = true) JOIN (VALUES {ranks}) AS _etl_order({FILE}, {RANK}) "
             f"USING ({FILE})")
-
-
-def create_or_evolve(con, schema: Schema) -> list[str]:
-    """Create missing tables; add columns the schema gained. Returns the columns added."""
-    table = quote(schema.name)
-    cols = ", ".join(f"{quote(f.name)} {TYPES[f.type]}" for f in schema.fields)
-    key = f", PRIMARY KEY ({quote(schema.key)})" if schema.key else ""
-    con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols}{key})")
-    con.execute(LOADS_DDL)
-    existing = {r[0] for r in con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = $t "
-        "AND table_schema = current_schema()", {"t": schema.name}).fetchall()}
-    added = [f.name for f in schema.fields if f.name not in existing]
-    for f in schema.fields:
-        if f.name in added:
-            con.execute(f"ALTER TABLE {table} ADD COLUMN {quote(f.name)} {TYPES[f.type]}")
-    return added
 
 
 class DuckDBLoader(Loader):
@@ -113,8 +89,8 @@ class DuckDBLoader(Loader):
     def _rows(self, conn, sql: str) -> list[tuple]:
         return conn.execute(sql).fetchall()
 
-    def prepare(self, schema: Schema) -> None:
-        self._run(lambda con: create_or_evolve(con, schema))
+    def _execute(self, conn, sql: str) -> None:
+        conn.execute(sql)
 
     def close(self) -> None:
         import duckdb

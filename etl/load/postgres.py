@@ -27,7 +27,7 @@ from psycopg.copy import QueuedLibpqWriter
 
 from etl.errors import LoadError, TransientLoadError, UnreachableError
 from etl.load.base import Loader, LoadUnit, quote, unit_columns
-from etl.load.tables import create_or_evolve, upsert_sql
+from etl.load.tables import upsert_sql
 from etl.schema import Schema
 from etl.storage import Folder
 
@@ -118,8 +118,8 @@ class PostgresLoader(Loader):
     def _rows(self, conn, sql: str) -> list[tuple]:
         return [tuple(r) for r in conn.execute(sa.text(sql))]
 
-    def prepare(self, schema: Schema) -> None:
-        self._run(lambda conn: create_or_evolve(conn, schema, self.dialect))
+    def _execute(self, conn, sql: str) -> None:
+        conn.execute(sa.text(sql))
 
     def close(self) -> None:
         self.engine.dispose()

@@ -1,76 +1,59 @@
-"""Schema -> SQLAlchemy table, additive evolution, and the upsert statement both loaders use.
+"""Schema -> CREATE TABLE, additive evolution, and the upsert statement both loaders use.
 
-SQLAlchemy is imported only where it is used: the DuckDB loader does without it.
+Plain SQL for both databases, run on whatever connection the loader has (DuckDB's
+own, or SQLAlchemy's for Postgres): no ORM metadata to build per run.
 """
 
 from __future__ import annotations
 
 from etl.load.base import LOADS_TABLE
-from etl.schema import Field, Schema
+from etl.schema import Schema
+
+# column type per schema type and database
+COLUMN_TYPES = {
+    "duckdb": {"string": "VARCHAR", "int64": "BIGINT", "int32": "INTEGER",
+               "float64": "DOUBLE", "bool": "BOOLEAN", "timestamp": "TIMESTAMP WITH TIME ZONE",
+               "date": "DATE", "list<string>": "VARCHAR", "json": "VARCHAR"},
+    "postgresql": {"string": "TEXT", "int64": "BIGINT", "int32": "INTEGER",
+                   "float64": "DOUBLE PRECISION", "bool": "BOOLEAN",
+                   "timestamp": "TIMESTAMP WITH TIME ZONE", "date": "DATE",
+                   "list<string>": "TEXT[]", "json": "JSONB"},
+}
 
 
-def sql_type(f: Field, dialect: str):
-    """The column type for a field (timestamps as timestamptz)."""
-    import sqlalchemy as sa
-    from sqlalchemy.dialects import postgresql
-
-    if f.type == "list<string>":
-        return postgresql.ARRAY(sa.Text) if dialect == "postgresql" else sa.Text
-    if f.type == "json":
-        return postgresql.JSONB if dialect == "postgresql" else sa.Text
-    return {"string": sa.Text, "int64": sa.BigInteger, "int32": sa.Integer,
-            "float64": sa.Double, "bool": sa.Boolean, "timestamp": sa.DateTime(timezone=True),
-            "date": sa.Date}[f.type]
+def table_ddl(schema: Schema, dialect: str, quote) -> str:
+    """CREATE TABLE IF NOT EXISTS for the dataset (primary key on ``[dataset] key``)."""
+    types = COLUMN_TYPES[dialect]
+    cols = ", ".join(f"{quote(f.name)} {types[f.type]}" for f in schema.fields)
+    key = f", PRIMARY KEY ({quote(schema.key)})" if schema.key else ""
+    return f"CREATE TABLE IF NOT EXISTS {quote(schema.name)} ({cols}{key})"
 
 
-def loads_table(metadata):
+def loads_ddl(dialect: str) -> str:
     """_etl_loads: one row per Parquet file loaded, keyed by (file, ingest token)."""
-    import sqlalchemy as sa
-
-    return sa.Table(
-        LOADS_TABLE, metadata,
-        sa.Column("file", sa.Text, primary_key=True),
-        sa.Column("token", sa.Text, primary_key=True),
-        sa.Column("shard", sa.Text, nullable=False),
-        sa.Column("dataset", sa.Text, nullable=False),
-        sa.Column("rows", sa.BigInteger, nullable=False),
-        sa.Column("loaded_at", sa.DateTime(timezone=True), nullable=False),
-    )
+    text = COLUMN_TYPES[dialect]["string"]
+    return (f"CREATE TABLE IF NOT EXISTS {LOADS_TABLE} (file {text}, token {text}, "
+            f"shard {text} NOT NULL, dataset {text} NOT NULL, \"rows\" BIGINT NOT NULL, "
+            "loaded_at TIMESTAMP WITH TIME ZONE NOT NULL, PRIMARY KEY (file, token))")
 
 
-def build_tables(schema: Schema, dialect: str):
-    """MetaData holding the dataset table (primary key on ``[dataset] key``) and _etl_loads."""
-    import sqlalchemy as sa
+def create_or_evolve(execute, rows, schema: Schema, dialect: str, quote) -> list[str]:
+    """Create missing tables; add columns the schema gained. Returns the columns added.
 
-    md = sa.MetaData()
-    cols = [sa.Column(f.name, sql_type(f, dialect), primary_key=(f.name == schema.key),
-                      nullable=f.name != schema.key) for f in schema.fields]
-    table = sa.Table(schema.name, md, *cols)
-    loads_table(md)
-    return md, table
-
-
-def create_or_evolve(conn, schema: Schema, dialect: str) -> list[str]:
-    """Create missing tables; add columns the schema gained (``conn``: a SQLAlchemy
-    connection). Returns the columns added."""
-    import sqlalchemy as sa
-
-    md, table = build_tables(schema, dialect)
-    md.create_all(conn)
-    # information_schema, not sa.inspect().get_columns: duckdb-engine's reflection needs
-    # pg_catalog tables that DuckDB 2 no longer has
-    existing = {r[0] for r in conn.execute(sa.text(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = :t "
-        "AND table_schema = current_schema()"), {"t": schema.name})}
-    added = []
-    prep = conn.dialect.identifier_preparer
-    for col in table.columns:
-        if col.name not in existing:
-            ddl = col.type.compile(dialect=conn.dialect)
-            conn.execute(sa.text(f"ALTER TABLE {prep.quote(schema.name)} "
-                                 f"ADD COLUMN {prep.quote(col.name)} {ddl}"))
-            added.append(col.name)
-    return added
+    ``execute(sql)`` runs a statement and ``rows(sql)`` a query, on the loader's
+    connection inside its transaction.
+    """
+    execute(table_ddl(schema, dialect, quote))
+    execute(loads_ddl(dialect))
+    name = schema.name.replace("'", "''")
+    existing = {r[0] for r in rows(
+        f"SELECT column_name FROM information_schema.columns WHERE table_name = '{name}' "
+        "AND table_schema = current_schema()")}
+    added = [f for f in schema.fields if f.name not in existing]
+    for f in added:
+        execute(f"ALTER TABLE {quote(schema.name)} ADD COLUMN {quote(f.name)} "
+                f"{COLUMN_TYPES[dialect][f.type]}")
+    return [f.name for f in added]
 
 
 def upsert_sql(schema: Schema, cols: list[str], source: str, order: str, quote,
