@@ -16,10 +16,6 @@ from etl.storage import Folder
 MANIFEST_DIR = "_manifest"
 
 
-def manifest_path(out: str, shard_id: str) -> str:
-    return Folder(out).join(MANIFEST_DIR, f"{shard_id}.json")
-
-
 def read_manifest(out: str, shard_id: str) -> dict | None:
     """The record of a shard's last finished run, or None."""
     folder = Folder(out)

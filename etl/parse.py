@@ -5,8 +5,9 @@ Two paths give the same result, line for line (tests/test_parse.py compares them
 - the scanner (``etl/_scan.c``), taken when the batch is valid UTF-8: one pass in C
   proves each line is one JSON object, finds the top-level keys the schema reads,
   decides a simple string filter on raw bytes, and copies only the kept rows' raw
-  values out; orjson turns them into Python values, one call per key. No Python
-  object is made for a line the filter drops. Lines the scanner is not certain about
+  values out: keys read only as top-level strings as Arrow string columns, the
+  others as one JSON array per key that orjson reads in one call. No Python object
+  is made for a line the filter drops. Lines the scanner is not certain about
   (see its header) take the orjson path;
 - the orjson path: every line parsed to a dict, non-objects set aside (``not_object``).
 
@@ -157,8 +158,8 @@ class Parser:
         self.filter_fields = [f for f in schema.fields
                               if any(flt.field == f.name for flt in schema.filters)]
         self.other_fields = [f for f in schema.fields if f not in self.filter_fields]
-        self.rows = Rows(schema)
         self.plan = _ScanPlan(schema)
+        self.rows = Rows(self.plan.keys)
         self.fast = True  # the scanner first (tests turn it off to compare the paths)
 
     def parse_batch(self, batch: LineBatch) -> BatchResult:
@@ -255,10 +256,10 @@ class Parser:
         filtered = len(objs) - len(bad) - len(keep)
         rejects += [(where[j], *why) for j, why in bad.items()]
         every = len(keep) == len(objs)  # usual when the scanner applied the filter
-        keep_list = keep.to_pylist()
         if every:
             kept_objs, kept_where = objs, where
         else:
+            keep_list = keep.to_pylist()
             kept_objs = objs.take(keep_list) if type(objs) is _Columns \
                 else [objs[j] for j in keep_list]
             kept_where = [where[j] for j in keep_list]

@@ -83,25 +83,25 @@ def _compute(bag: db.Bag, scheduler: str, announce: bool = False) -> list[dict]:
         return client.compute(bag).result()
 
 
-def _worth_splitting(shard: Shard, files: list[Shard], scheduler: str) -> bool:
-    """Split a shard only to keep cores busy: on a local machine, when there are fewer
-    shards than cores, or when this one is more than a core's share of the run. Four
-    shards on two cores run as four tasks: parts would only add files and task set-up
-    (plain text measured 2.11-2.48 s whole, 2.46-3.56 s in 128 MB parts). On a cluster
-    the cores are many and unknown here: big shards always split."""
-    if "://" in scheduler:
-        return True
+def _splitting(files: list[Shard], scheduler: str):
+    """Which shards to split: only to keep cores busy. On a local machine, when there
+    are fewer shards than cores, or a shard is more than a core's share of the run.
+    Four shards on two cores run as four tasks: parts would only add files and task
+    set-up (plain text measured 2.11-2.48 s whole, 2.46-3.56 s in 128 MB parts). On a
+    cluster the cores are many and unknown here: big shards always split."""
     cores = os.cpu_count() or 1
+    if "://" in scheduler or len(files) < cores:
+        return lambda shard: True
     share = sum(s.size or 0 for s in files) / cores
-    return len(files) < cores or (shard.size or 0) > share
+    return lambda shard: (shard.size or 0) > share
 
 
 def _plan(files: list[Shard], cfg: IngestConfig, records: list[dict]):
     """The tasks: whole shards, and the parts of big ones that split; skipped ones to records."""
     items, split_shards = [], {}
+    worth_splitting = _splitting(files, cfg.scheduler)
     for shard in files:
-        parts = split.plan(shard, cfg.part_bytes) \
-            if _worth_splitting(shard, files, cfg.scheduler) else None
+        parts = split.plan(shard, cfg.part_bytes) if worth_splitting(shard) else None
         if parts is None:
             items.append(shard)
             continue

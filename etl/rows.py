@@ -21,7 +21,6 @@ from typing import Any
 import msgspec
 import pyarrow as pa
 
-from etl.schema import Schema
 
 FAST_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
 
@@ -40,8 +39,7 @@ def batch_is_safe(data: bytes) -> bool:
 class Rows:
     """msgspec's reading of only the top-level keys a schema needs."""
 
-    def __init__(self, schema: Schema):
-        keys = list(dict.fromkeys(f.path[0] for f in schema.fields))
+    def __init__(self, keys: list[str]):
         self.attr = {k: f"k{i}" for i, k in enumerate(keys)}
         row = msgspec.defstruct("Row", [(a, Any, None) for a in self.attr.values()],
                                 rename={a: k for k, a in self.attr.items()})

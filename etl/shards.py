@@ -96,7 +96,8 @@ class LineBatch:
         """Number of lines."""
         if self.given is not None:
             return len(self.given)
-        return int(np.count_nonzero(np.frombuffer(self.raw, np.uint8) == 10)) + 1  # 3x bytes.count
+        # numpy counts LFs about 3x faster than bytes.count (measured on 8 MB)
+        return int(np.count_nonzero(np.frombuffer(self.raw, np.uint8) == 10)) + 1
 
 
 # ---------------------------------------------------------------- discovery

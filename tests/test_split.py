@@ -189,14 +189,14 @@ def test_plain_parts_are_equal(tmp_path):
 
 def test_shards_split_only_to_keep_cores_busy(monkeypatch):
     """Four equal shards on two cores run whole; one big one, or a straggler, splits."""
-    from etl.pipeline import _worth_splitting
+    from etl.pipeline import _splitting
     from etl.shards import Shard
 
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     four = [Shard(f"/d/{i}.ndjson", 275 << 20, 0.0) for i in range(4)]
-    assert not any(_worth_splitting(s, four, "processes") for s in four)
+    assert not any(map(_splitting(four, "processes"), four))
     one = [Shard("/d/big.ndjson", 1 << 30, 0.0)]
-    assert _worth_splitting(one[0], one, "processes")
+    assert _splitting(one, "processes")(one[0])
     mixed = [Shard("/d/big.ndjson", 10 << 30, 0.0)] + four
-    assert [_worth_splitting(s, mixed, "processes") for s in mixed] == [True] + [False] * 4
-    assert all(_worth_splitting(s, four, "tcp://scheduler:8786") for s in four)
+    assert list(map(_splitting(mixed, "processes"), mixed)) == [True] + [False] * 4
+    assert all(map(_splitting(four, "tcp://scheduler:8786"), four))
