@@ -7,7 +7,7 @@ from etl.workers import worker_start
 
 worker_start()  # before anything calls pa.array: forked workers inherit the answer
 
-import etl.pipeline  # noqa: E402,F401  (dask, pyarrow, the job: imported once, for all)
+import etl.pipeline  # noqa: E402,F401  (pyarrow and the job: imported once, for all)
 
 # when the run stops the server, skip tearing down all those modules (0.1 s, measured):
 # the server holds no data, and its forked workers leave by os._exit, never by atexit.

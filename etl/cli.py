@@ -8,10 +8,12 @@ spool: 3 = writing shards failed (the .part is recovered at the next start).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
 import sys
+import threading
 import time
 
 from etl.errors import ConfigError, EtlError, LoadError, UnreachableError
@@ -157,6 +159,7 @@ def _ingest_once(args) -> int:
 
     if args.scheduler in (None, "processes") and (os.cpu_count() or 1) >= 2:
         workers.start_early()  # its imports overlap with the ones below
+    workers.tune_malloc()  # for the synchronous and threads schedulers, which work here
     try:
         return _ingest_started(args, workers.stop)
     finally:
@@ -298,5 +301,25 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:
+    """The ``etl`` console script: ``main``, then a quick exit.
+
+    Once a command has finished, only the interpreter's own teardown of every module
+    (pyarrow, numpy, ...) is left: about 0.1 s, measured. When no other thread runs,
+    the exit handlers run and the standard streams are flushed, and the process ends
+    there. Tests and the Python API call ``main``, which returns as usual.
+    """
+    code = main()
+    if threading.active_count() == 1:
+        atexit._run_exitfuncs()  # logging's flush, multiprocessing's reaping, ...
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # closed, or a broken pipe: nothing to save
+                pass
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -1,10 +1,15 @@
-"""Builds the Dask graph from the stages; no logic of its own.
+"""Runs the stages over the shards; no logic of its own.
 
-Each shard is one partition of a lazy ``dask.bag``. ``ingest`` maps
-``job.process_shard`` over it (each task streams its shard straight to Parquet
-and returns a small record); ``batches`` exposes the typed Arrow tables
-themselves for notebooks and custom jobs. Standard input is read in this
-process (a worker process cannot see it), beside the Dask computation.
+Each shard (or part of a big one) is one task: ``job.process_shard`` streams it
+straight to Parquet and returns a small record. Local worker processes run the
+tasks from a process pool (``etl.workers``); the other schedulers (synchronous,
+threads, a Dask cluster) run them as the partitions of a lazy ``dask.bag``.
+``batches`` exposes the typed Arrow tables themselves as a bag, for notebooks
+and custom jobs. Standard input is read in this process (a worker process
+cannot see it), beside the computation.
+
+dask is imported only where a bag is built: a run on local worker processes
+never needs it, and its import (0.2 s, measured) would delay the first task.
 """
 
 from __future__ import annotations
@@ -13,12 +18,7 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-
-import dask
-import dask.bag as db
-import dask.local
-import dask.multiprocessing
-import dask.threaded
+from typing import TYPE_CHECKING
 
 from etl.config import IngestConfig
 from etl.errors import ConfigError
@@ -31,12 +31,22 @@ from etl.storage import Folder
 from etl.shards import Shard, find_shards, iter_chunks, iter_line_batches, open_shard
 from etl.split import Part
 
+if TYPE_CHECKING:
+    import dask.bag as db
+
 log = logging.getLogger("etl")
 
 
+def _biggest_first(shards: list) -> list:
+    """Long tasks start early, so that no core waits on one at the end."""
+    return sorted(shards, key=lambda s: -(s.size or 0))
+
+
 def shard_bag(shards: list[Shard] | list[Shard | Part]) -> db.Bag:
-    """One partition per shard (or part), biggest first so the long ones start early."""
-    ordered = sorted(shards, key=lambda s: -(s.size or 0))
+    """One partition per shard (or part), biggest first."""
+    import dask.bag as db
+
+    ordered = _biggest_first(shards)
     return db.from_sequence(ordered, npartitions=max(len(ordered), 1))
 
 
@@ -58,22 +68,20 @@ def batches(inputs: list[str], schema: Schema, batch_bytes: int = 8 << 20) -> db
     return shard_bag(shards).map_partitions(_tables, schema, batch_bytes)
 
 
-# dask's own functions for the local schedulers: given by name, dask first imports
-# `distributed` to look for a client (0.15-0.2 s of every run)
-LOCAL = {"synchronous": dask.local.get_sync, "threads": dask.threaded.get,
-         "processes": dask.multiprocessing.get}
-
-
-def _compute(bag: db.Bag, scheduler: str, announce: bool = False) -> list[dict]:
+def _compute(items: list, cfg: IngestConfig, announce: bool = False) -> list[dict]:
+    """``_process`` over every item, in any order, on the configured scheduler."""
+    scheduler = cfg.scheduler
+    if scheduler == "processes":
+        return workers.run_local(_process, _biggest_first(items), cfg)
+    bag = shard_bag(items).map(_process, cfg)
     if "://" not in scheduler:
-        # chunksize 1: one shard per hand-out, or dask's default batch of 6 ready tasks
-        # sends every shard of a small run to one worker (measured: 1 of 2 cores busy)
-        kwargs = {"num_workers": os.cpu_count(), "chunksize": 1,
-                  "initializer": workers.worker_start} if scheduler == "processes" else {}
-        if scheduler == "processes":
-            workers.start_early()  # started already by the CLI; else here, or spawn
-        with dask.config.set({"multiprocessing.context": workers.context()}):
-            return bag.compute(scheduler=LOCAL[scheduler], **kwargs)
+        # dask's own functions: given by name, dask first imports `distributed` to look
+        # for a client (0.15-0.2 s of every run)
+        import dask.local
+        import dask.threaded
+
+        get = {"synchronous": dask.local.get_sync, "threads": dask.threaded.get}[scheduler]
+        return bag.compute(scheduler=get)
     from distributed import Client
 
     with Client(scheduler) as client:
@@ -147,7 +155,7 @@ def run_ingest(inputs: list[str], cfg: IngestConfig) -> dict:
     with ProgressBar(cfg.out, total, cfg.progress), ThreadPoolExecutor(1) as pool:
         from_stdin = [pool.submit(process_shard, s, cfg) for s in stdin]
         if items:
-            results = _compute(shard_bag(items).map(_process, cfg), cfg.scheduler, True)
+            results = _compute(items, cfg, True)
             records += [r for r in results if "part" not in r]
             for path, shard in split_shards.items():
                 records.append(finish_parts(shard, [r for r in results if "part" in r

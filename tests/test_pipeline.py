@@ -444,3 +444,65 @@ def test_workers_are_spawned_where_the_fork_server_cannot_start(monkeypatch, tmp
     report = etl.ingest([str(src)], COMMENTS, str(tmp_path / "out"), scheduler="processes")
     assert workers.context() == "spawn"
     assert report["status"]["ok"] == 1 and report["rows_written"] > 0
+
+
+MAIN_IMPORTS = """
+import sys
+from etl.cli import main
+code = main(sys.argv[1:])
+print(code, sorted({m.split('.')[0] for m in sys.modules} & {'dask', 'distributed', 'pandas'}))
+"""
+
+
+def test_a_run_on_local_processes_imports_no_dask_in_the_main_process(tmp_path):
+    """Local workers take the shards from a plain process pool: the main process never
+    imports dask (0.2 s before the first task, measured), and the rows are all there."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, codec in enumerate(("zst", "gz", "none")):
+        write_shard(src, f"s{i}.ndjson", sample_bytes(400, seed=40 + i), codec)
+    report = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, "-c", MAIN_IMPORTS, "ingest", str(src), "--schema",
+                           COMMENTS, "--out", str(tmp_path / "out"), "--scheduler",
+                           "processes", "--report", str(report), "--quiet"],
+                          capture_output=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode().split() == ["0", "[]"]
+    rec = json.loads(report.read_text())
+    assert_accounting(rec)
+    assert rec["status"]["ok"] == 3 and warehouse_rows(tmp_path / "out") == rec["rows_written"]
+
+
+QUICK_EXIT = """
+import atexit, sys, threading, time
+from etl.cli import run
+atexit.register(lambda: print('exit handlers ran', flush=True))
+if sys.argv[1] == 'thread':  # a thread still running: the usual exit, which waits for it
+    threading.Thread(target=lambda: (time.sleep(0.5), print('thread done', flush=True))).start()
+sys.argv = ['etl', *sys.argv[2:]]
+print('summary follows', end=' ')  # buffered: the quick exit must flush it
+run()
+"""
+
+
+@pytest.mark.parametrize("mode", ["alone", "thread"])
+def test_the_console_script_exits_quickly_keeping_code_output_and_exit_handlers(tmp_path, mode):
+    bad = tmp_path / "bad.ndjson.gz"
+    bad.write_bytes(compress(CODECS["gz"], sample_bytes(200, seed=5))[:-20])  # truncated
+    proc = subprocess.run([sys.executable, "-c", QUICK_EXIT, mode, "ingest", str(bad),
+                           "--schema", COMMENTS, "--out", str(tmp_path / "out")],
+                          capture_output=True, cwd=ROOT, timeout=300)
+    out = proc.stdout.decode()
+    assert proc.returncode == 3, proc.stderr.decode()  # a failed shard
+    assert out.startswith("summary follows") and "exit handlers ran" in out
+    assert ("thread done" in out) == (mode == "thread")
+    assert "FAILED" in proc.stderr.decode() and "truncated" in proc.stderr.decode()
+
+
+def test_workers_tune_malloc_where_glibc_allows():
+    import platform
+
+    from etl import workers
+
+    applied = workers.tune_malloc()
+    assert applied == (platform.libc_ver()[0] == "glibc")
