@@ -26,11 +26,12 @@ from etl.parse import RejectedLine
 from etl.storage import Folder, temp_name
 
 ROW_GROUP_ROWS = 128 * 1024     # most rows per Parquet row group
-BUFFER_BYTES = 16 << 20         # 16 MiB of Arrow data buffered over all dates; then the
-                                # largest date is flushed: bounds memory whatever the shard size
+BUFFER_BYTES = 16 << 20         # 16 MiB of Arrow data buffered; then every date is flushed:
+                                # bounds memory whatever the shard size
 MAX_OPEN_FILES = 64             # open Parquet writers per shard; the least recent closes first
 MAX_ROW_GROUPS = 64             # row groups per file: an open writer holds the metadata of
                                 # all of its row groups (measured: RSS grew with the input)
+DICTIONARY_SAMPLE = 10_000      # rows that decide which columns get a dictionary
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
 REJECTS_DIR = "_rejects"
 REJECT_SCHEMA = pa.schema([
@@ -58,24 +59,27 @@ class ShardWriter:
         self.out, self.shard_id, self.schema = Folder(out), shard_id, schema
         self.prefix = shard_id if part is None else f"{shard_id}-p{part:04d}"
         self.partition_by, self.partition_column = partition_by, partition_column
-        self._buffers: dict[str, list[pa.Table]] = {}
-        self._buffered = 0
-        self._sizes: dict[str, int] = {}  # Arrow bytes buffered per date
+        self._pending: list[pa.Table] = []  # whole tables, in arrival order
+        self._buffered = 0  # their Arrow bytes
         self._open: dict[str, _DateFile] = {}
+        self._dictionary: list[str] | None = None  # decided at the first flush
         self._done: list[tuple[str, int]] = []
         self._seq = 0
 
     def write(self, table: pa.Table) -> None:
-        """Buffer ``table``'s rows under their dates; flush when the buffer is full."""
+        """Buffer ``table``; when the buffer is full, write its rows out under their dates.
+
+        Tables are split by date only when flushed, all at once: one sort and one take
+        per date for 16 MiB of rows, not for every batch (measured: a third of the
+        writer's Python time when 31 dates mix in every batch). Each date's rows become
+        one row group of its file, and nothing stays behind to pin a batch in memory.
+        """
         if table.num_rows == 0:
             return
-        for date, part in self._split(table):
-            size = part.nbytes
-            self._buffers.setdefault(date, []).append(part)
-            self._sizes[date] = self._sizes.get(date, 0) + size
-            self._buffered += size
-        while self._buffered > BUFFER_BYTES:
-            self._flush(max(self._sizes, key=self._sizes.__getitem__))
+        self._pending.append(table)
+        self._buffered += table.nbytes
+        if self._buffered > BUFFER_BYTES:
+            self._flush()
 
     def _split(self, table: pa.Table):
         if not self.partition_by:
@@ -87,21 +91,29 @@ class ShardWriter:
             yield span["min"].as_py().isoformat(), table  # one date: usual for time-ordered dumps
             return
         order = pc.sort_indices(dates)  # nulls last
-        dates = dates.take(order)
-        runs = pc.run_end_encode(dates.combine_chunks() if hasattr(dates, "combine_chunks")
-                                 else dates)
+        runs = pc.run_end_encode(dates.take(order).combine_chunks())
+        # one take of the whole buffer in date order, then a slice per date: three times
+        # faster than a take per date from the buffer's chunks (each take concatenates
+        # them first). Every part is written at once, so the copy lives one flush.
+        table = table.take(order)
         start = 0
         for end, d in zip(runs.run_ends.to_pylist(), runs.values.to_pylist()):
-            # a take, not a slice: a slice would keep the whole batch alive while its date
-            # waits in the buffer (memory the buffer does not count; it grew with the input)
-            part = table.take(order.slice(start, end - start))
-            yield (NULL_PARTITION if d is None else d.isoformat()), part
+            yield (NULL_PARTITION if d is None else d.isoformat()), table.slice(start, end - start)
             start = end
 
-    def _flush(self, date: str) -> None:
-        tables = self._buffers.pop(date)
-        self._buffered -= self._sizes.pop(date)
-        table = pa.concat_tables(tables)
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        table = pa.concat_tables(self._pending)
+        if self._dictionary is None:
+            self._dictionary = dictionary_columns(table)
+        parts = self._split(table)  # the only holder of the batches now: they go once
+        del table  # sorted (see _split)
+        self._pending, self._buffered = [], 0
+        for date, part in parts:
+            self._write_date(date, part)
+
+    def _write_date(self, date: str, table: pa.Table) -> None:
         f = self._open.pop(date, None) or self._new_file(date)
         self._open[date] = f  # re-insert (most recently used last) first: abort() must find it
         f.writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
@@ -118,7 +130,7 @@ class ShardWriter:
             else self.out.join(name)
         self.out.makedirs(os.path.dirname(final))
         self._seq += 1
-        writer = _new_writer(self.out, _tmp(final), self.schema)
+        writer = _new_writer(self.out, _tmp(final), self.schema, self._dictionary)
         return _DateFile(final, writer)
 
     def _close(self, date: str) -> None:
@@ -128,8 +140,7 @@ class ShardWriter:
 
     def close(self) -> None:
         """Flush everything into the temporary files and close them."""
-        for date in list(self._buffers):
-            self._flush(date)
+        self._flush()
         for date in list(self._open):
             self._close(date)
 
@@ -152,9 +163,25 @@ class ShardWriter:
             self.out.remove(_tmp(final))
 
 
-def _new_writer(out: Folder, tmp: str, schema: pa.Schema) -> pq.ParquetWriter:
+def dictionary_columns(table: pa.Table) -> list[str]:
+    """The columns worth dictionary encoding: at most half their sampled values distinct.
+
+    Parquet writers try a dictionary on every column by default, hashing every value,
+    and give up only when it grows too big: on ids, timestamps and comment text that
+    is wasted work and a bigger file (measured: a fifth of the writer's time, and 4%
+    more bytes, on Reddit comments). The first rows of a shard decide for all its files.
+    """
+    sample = table.slice(0, DICTIONARY_SAMPLE)
+    half = sample.num_rows // 2
+    return [name for name, column in zip(sample.column_names, sample.columns)
+            if pc.count_distinct(column).as_py() <= half]
+
+
+def _new_writer(out: Folder, tmp: str, schema: pa.Schema,
+                dictionary: list[str] | bool = True) -> pq.ParquetWriter:
     try:
-        return pq.ParquetWriter(tmp, schema, compression="zstd", filesystem=out.arrow_fs)
+        return pq.ParquetWriter(tmp, schema, compression="zstd", use_dictionary=dictionary,
+                                filesystem=out.arrow_fs)
     except BaseException:  # e.g. the disk is full: leave no empty temporary file behind
         out.remove(tmp)
         raise
