@@ -15,7 +15,9 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #ifdef __SSE2__
 #include <emmintrin.h>
@@ -639,8 +641,138 @@ finally:
     return result;
 }
 
+/* ---------------------------------------------------------------- epoch timestamps */
+
+/* One token of a scanner array as microseconds, as etl.coerce.make_timestamp reads it:
+ * 1 value (*us set), 0 null (null, false), -1 anything this does not decide exactly
+ * (true, an object or array, a string that is not 1-18 plain digits, an integer of
+ * over 18 digits, an exponent, a result outside int64): the caller falls back. */
+static int epoch_token(ptr *pp, ptr end, int64_t scale, int64_t *us)
+{
+    ptr p = *pp;
+    if (end - p >= 4 && memcmp(p, "null", 4) == 0) {
+        *pp = p + 4;
+        return 0;
+    }
+    if (end - p >= 5 && memcmp(p, "false", 5) == 0) {
+        *pp = p + 5;
+        return 0;
+    }
+    int quoted = *p == '"', neg = 0, digits = 0;
+    int64_t v = 0;
+    ptr first = p;
+    if (quoted)
+        p++;
+    else if (*p == '-') {
+        neg = 1;
+        p++;
+    }
+    while (p < end && *p >= '0' && *p <= '9') {
+        if (++digits > 18)
+            return -1;
+        v = v * 10 + (*p++ - '0');
+    }
+    if (digits == 0)
+        return -1;
+    if (quoted) {
+        if (p >= end || *p != '"')
+            return -1;
+        p++;
+    } else if (p < end && *p == '.') { /* a fraction: double, times scale, half to even */
+        p++;
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+        if (p < end && (*p == 'e' || *p == 'E'))
+            return -1;
+        char text[64];
+        if (p - first >= (Py_ssize_t)sizeof(text))
+            return -1;
+        memcpy(text, first, p - first);
+        text[p - first] = 0;
+        double x = nearbyint(strtod(text, NULL) * (double)scale);
+        if (!(x >= -9223372036854775808.0 && x < 9223372036854775808.0))
+            return -1;
+        *us = (int64_t)x;
+        *pp = p;
+        return 1;
+    } else if (p < end && (*p == 'e' || *p == 'E'))
+        return -1;
+    if (neg)
+        v = -v;
+    if (__builtin_mul_overflow(v, scale, us))
+        return -1;
+    *pp = p;
+    return 1;
+}
+
+PyDoc_STRVAR(epoch_us_doc,
+"epoch_us(array, scale) -> (values, validity, nulls) or None\n\n"
+"array: a JSON array of raw tokens as scan returns for a key; scale: microseconds per\n"
+"unit. Epoch integers, fractions and digit strings as int64 microseconds (values: the\n"
+"int64 buffer; validity: Arrow's bitmap, or None without nulls), exactly as\n"
+"etl.coerce.make_timestamp reads them; None when a token is anything else.");
+
+static PyObject *epoch_us(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer view;
+    long long scale;
+    PyObject *result = NULL;
+    Buf values = {0}, valid = {0};
+    Py_ssize_t n = 0, nulls = 0;
+
+    if (!PyArg_ParseTuple(args, "y*L", &view, &scale))
+        return NULL;
+    ptr p = view.buf, end = p + view.len;
+    int ok = 1;
+    if (p >= end || *p++ != '[')
+        ok = 0;
+    while (ok && p < end && *p != ']') {
+        if (n && *p++ != ',') {
+            ok = 0;
+            break;
+        }
+        int64_t us = 0;
+        int got = p < end ? epoch_token(&p, end, scale, &us) : -1;
+        if (got < 0) {
+            ok = 0;
+            break;
+        }
+        if (n % 8 == 0) {
+            unsigned char zero = 0;
+            if (buf_put(&valid, &zero, 1) < 0)
+                goto nomem;
+        }
+        if (got)
+            valid.data[n / 8] |= (unsigned char)(1u << (n % 8));
+        else
+            nulls++;
+        if (buf_put(&values, &us, sizeof(us)) < 0)
+            goto nomem;
+        n++;
+    }
+    if (!ok || p >= end || p + 1 != end) { /* not all decided, or not one whole array */
+        result = Py_None;
+        Py_INCREF(result);
+    } else if (nulls)
+        result = Py_BuildValue("(y#y#n)", values.data ? values.data : "", values.len,
+                               valid.data, valid.len, nulls);
+    else
+        result = Py_BuildValue("(y#On)", values.data ? values.data : "", values.len, Py_None,
+                               nulls);
+    goto finally;
+nomem:
+    PyErr_NoMemory();
+finally:
+    PyMem_RawFree(values.data);
+    PyMem_RawFree(valid.data);
+    PyBuffer_Release(&view);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, scan_doc},
+    {"epoch_us", epoch_us, METH_VARARGS, epoch_us_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -55,7 +55,7 @@ def convert_column(values: list, f: Field) -> tuple[pa.Array, dict[int, str]]:
     try:
         if types <= FAST_TYPES.get(f.type, set()):
             return pa.array(values, type=f.arrow_type), {}
-        if f.type == "timestamp" and types <= {int, float, NONE}:
+        if f.type == "timestamp" and (types <= {int, NONE} or types <= {float, NONE}):
             return _fast_timestamp(values, types, f), {}
         if f.type == "timestamp" and types <= {int, float, str, NONE}:
             return _mixed_timestamp(values, types, f), {}

@@ -79,6 +79,11 @@ class _ScanPlan:
         # keys read only as top-level strings come back as Arrow string columns
         self.strings = bytes(all(f.type == "string" and len(f.path) == 1
                                  for f in schema.fields if f.path[0] == k) for k in self.keys)
+        # keys read only as one top-level timestamp: epoch values typed in C where it can
+        readers = {k: [f for f in schema.fields if f.path[0] == k] for k in self.keys}
+        self.epochs = {k: (fs[0].arrow_type, coerce.UNIT_US[fs[0].unit])
+                       for k, fs in readers.items()
+                       if len(fs) == 1 and fs[0].type == "timestamp" and len(fs[0].path) == 1}
         self.filter_key, self.values, self.negate = -1, (), False
         if len(schema.filters) == 1:
             flt = schema.filters[0]
@@ -96,11 +101,20 @@ class _ScanPlan:
                           self.strings if len(data) < STRINGS_UP_TO else b"")
 
     def columns(self, arrays: tuple, n: int) -> dict:
-        """The scanner's columns as Python values (orjson) or Arrow strings, by key."""
+        """The scanner's columns as Python values (orjson), Arrow strings or Arrow
+        timestamps, by key."""
         cols = {}
         for key, got in zip(self.keys, arrays):
             if type(got) is bytes:
-                cols[key] = orjson.loads(got)
+                epoch = self.epochs.get(key)
+                typed = _scan.epoch_us(got, epoch[1]) if epoch else None
+                if typed is None:  # not all plain epoch values: the Python conversion
+                    cols[key] = orjson.loads(got)
+                else:
+                    values, valid, nulls = typed
+                    cols[key] = pa.Array.from_buffers(
+                        epoch[0], n, [valid and pa.py_buffer(valid), pa.py_buffer(values)],
+                        null_count=nulls)
                 continue
             data, offsets, valid, nulls, other_rows, others = got
             arr = pa.Array.from_buffers(pa.string(), n, [pa.py_buffer(valid) if nulls else None,
@@ -289,7 +303,7 @@ class Parser:
         arrays, bad = {}, {}
         for f in fields:
             values = self._values(f, objs)
-            # Arrow strings from the scanner are typed already
+            # Arrow arrays from the scanner (strings, epoch timestamps) are typed already
             arr, errors = (values, {}) if isinstance(values, pa.Array) \
                 else convert_column(values, f)
             if f.type == "string" and (f.strip or f.null_if or f.lower or f.html_unescape):

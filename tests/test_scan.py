@@ -39,7 +39,7 @@ def scan(lines: list[bytes], keys=(b"k",), filter_key=-1, values=(), negate=Fals
     """
     status, starts, arrays = _scan.scan(b"\n".join(lines), tuple(keys), filter_key,
                                         tuple(values), negate, strings)
-    plan = SimpleNamespace(keys=[k.decode() for k in keys])
+    plan = SimpleNamespace(keys=[k.decode() for k in keys], epochs={})
     cols = _ScanPlan.columns(plan, arrays, list(status).count(KEPT))
     kept = [v.to_pylist() if isinstance(v, pa.Array) else v for v in cols.values()]
     return list(status), np.frombuffer(starts, np.int64).tolist(), kept
@@ -241,9 +241,75 @@ def test_arrow_strings_hold_what_orjson_reads():
 
 def test_arrow_strings_without_others_are_one_arrow_array():
     lines = [b'{"k":"a"}', b'{"k":null}', b'{}', b'{"k":"\\u00e9"}'] * 3
-    plan = SimpleNamespace(keys=["k"])
+    plan = SimpleNamespace(keys=["k"], epochs={})
     _, _, arrays = _scan.scan(b"\n".join(lines), (b"k",), -1, (), False, b"\1")
     col = _ScanPlan.columns(plan, arrays, len(lines))["k"]
     assert isinstance(col, pa.StringArray)
     col.validate(full=True)
     assert col.to_pylist() == ["a", None, None, "é"] * 3 and col.null_count == 6
+
+
+# ---------------------------------------------------------------- epoch timestamps
+
+EPOCH_TOKENS = [
+    b"0", b"-0", b"1420070400", b"-1420070400", b"999999999999999999", b"-999999999999999999",
+    b"1000000000000000000", b"9223372036854", b"9223372036855", b"9223372036854775807",
+    b"1420070400.5", b"1420070400.25", b"0.5", b"1.5", b"2.5", b"-2.5", b"0.0000005",
+    b"0.0000015", b"1.0000005", b"1420070400.1234567", b"9223372036854.775807", b"1e5",
+    b"1.5E3", b'"1420070400"', b'"0001"', b'"999999999999999999"', b'"1000000000000000000"',
+    b'""', b'" 12"', b'"-12"', b'"12.5"', b'"2015-01-01"', b'"12\\u0030"', b"null",
+    b"false", b"true", b"[]", b'{"a":1}', b"0." + b"1" * 70,
+]
+
+
+def _reference(token: bytes, unit: str):
+    """make_timestamp's answer for one token: microseconds, None, or 'error'."""
+    from etl import coerce
+
+    try:
+        return coerce.make_timestamp(unit)(orjson.loads(token))
+    except (coerce.BadValue, orjson.JSONDecodeError):
+        return "error"
+
+
+def _epoch_values(tokens: list[bytes], unit: str):
+    from etl import coerce
+
+    got = _scan.epoch_us(b"[" + b",".join(tokens) + b"]", coerce.UNIT_US[unit])
+    if got is None:
+        return None
+    values, valid, nulls = got
+    arr = pa.Array.from_buffers(pa.int64(), len(tokens),
+                                [valid and pa.py_buffer(valid), pa.py_buffer(values)],
+                                null_count=nulls)
+    return arr.to_pylist()
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us"])
+def test_epoch_tokens_read_as_make_timestamp_reads_them_or_are_declined(unit):
+    """Each token alone: a value equal to the reference's, or None (declined: the Python
+    conversion takes the whole column), never a different value."""
+    decided = 0
+    for token in EPOCH_TOKENS:
+        got = _epoch_values([token], unit)
+        want = _reference(token, unit)
+        if got is not None:
+            assert got == [want], (token, unit)
+            decided += 1
+        elif token not in (b"1e5", b"1.5E3", b"0." + b"1" * 70):  # exact, but left to Python
+            assert want == "error" or token.startswith(b'"') or len(token) > 18, (token, unit)
+    assert decided >= 15
+
+
+def test_epoch_columns_mix_kinds_and_decline_as_a_whole():
+    rng = random.Random(7)
+    plain = [b"1420070400", b"1420070400.5", b'"1420070401"', b"null", b"false", b"-5",
+             b"1420070399.9999995"]
+    for _ in range(300):
+        tokens = [rng.choice(plain) for _ in range(rng.randrange(1, 40))]
+        assert _epoch_values(tokens, "s") == [_reference(t, "s") for t in tokens]
+    assert _epoch_values(plain + [b"true"], "s") is None
+    assert _epoch_values(plain + [b'"2015-01-01T00:00:00"'], "s") is None
+    assert _epoch_values([], "s") == []
+    for broken in (b"", b"[", b"[1,", b"[1]x", b"[1 ,2]", b"1"):
+        assert _scan.epoch_us(broken, 1) is None
