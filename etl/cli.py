@@ -155,6 +155,7 @@ def parse_duration(text: str) -> float:
 
 
 def _ingest_once(args) -> int:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy: see workers.SERVER_ENV
     from etl import workers
 
     if args.scheduler in (None, "processes") and (os.cpu_count() or 1) >= 2:

@@ -1,7 +1,7 @@
 """Local worker processes: a fork server started early, so workers start ready.
 
-A spawned worker starts a new Python and imports dask, pyarrow and etl (about
-0.4 s, measured) after the main process has done the same: start-up cost twice,
+A spawned worker starts a new Python and imports pyarrow and etl (about
+0.25 s, measured) after the main process has done the same: start-up cost twice,
 one after the other. Instead, ``start_early`` (called by the CLI before its own
 heavy imports) starts multiprocessing's fork server, which imports all that
 (``etl._preload``) while the main process does; each worker is then a fork of
@@ -18,6 +18,11 @@ import sys
 
 PRELOAD = "etl._preload"
 SERVER_MARK = "ETL_FORK_SERVER"  # set in the fork server's environment only
+# the fork server's environment: the mark (etl._preload checks it), and one BLAS thread
+# (numpy's OpenBLAS otherwise starts a thread per core that spins idle after start-up:
+# 0.1 s of CPU per process, measured; ingest never calls BLAS). A value the user set
+# is kept.
+SERVER_ENV = {SERVER_MARK: "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
 _server_failed = False  # the fork server would not start here: spawn from then on
@@ -40,14 +45,19 @@ def start_early() -> None:
         return
     from multiprocessing import forkserver
 
-    os.environ[SERVER_MARK] = "1"  # the server inherits it; etl._preload checks it
-    try:
+    saved = {k: os.environ.get(k) for k in SERVER_ENV}
+    os.environ.update({k: v for k, v in SERVER_ENV.items() if k == SERVER_MARK or not saved[k]})
+    try:  # the server inherits the environment as it is now
         multiprocessing.get_context("forkserver").set_forkserver_preload([PRELOAD])
         forkserver.ensure_running()
     except Exception:  # noqa: BLE001 - any failure here means: spawn instead
         _server_failed = True
     finally:
-        del os.environ[SERVER_MARK]
+        for k, v in saved.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
 
 
 def run_local(fn, items: list, arg) -> list:

@@ -397,11 +397,16 @@ from multiprocessing import forkserver
 from etl import workers
 
 def state():
-    return "etl.pipeline" in sys.modules, "pandas" in sys.modules
+    import os
+    return ("etl.pipeline" in sys.modules, "pandas" in sys.modules,
+            os.environ.get("OPENBLAS_NUM_THREADS"), "dask" in sys.modules)
 
 if __name__ == "__main__":
+    import os
+    os.environ.pop("OPENBLAS_NUM_THREADS", None)
     assert workers.context() == "forkserver"
     workers.start_early()
+    assert "OPENBLAS_NUM_THREADS" not in os.environ  # the server's alone
     pid = forkserver._forkserver._forkserver_pid
     ctx = multiprocessing.get_context(workers.context())
     with ProcessPoolExecutor(2, mp_context=ctx, initializer=workers.worker_start) as pool:
@@ -413,13 +418,14 @@ if __name__ == "__main__":
 
 
 def test_workers_fork_from_a_preloaded_server_that_stops_with_the_run(tmp_path):
-    """Workers start with etl imported and pandas not; the server is reaped at the end."""
+    """Workers start with etl imported and pandas and dask not, with one BLAS thread;
+    the server is reaped at the end."""
     script = tmp_path / "state.py"
     script.write_text(WORKER_STATE)
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, cwd=ROOT,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr.decode()
-    assert proc.stdout.decode().split("\n")[:2] == ["(True, False)", "False"]
+    assert proc.stdout.decode().split("\n")[:2] == ["(True, False, '1', False)", "False"]
 
 
 def test_preload_module_keeps_other_processes_exit_codes():
