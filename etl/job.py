@@ -17,6 +17,7 @@ import traceback
 from collections import Counter
 
 from etl import manifest, parquet
+from etl.manifest import COUNTS, PROGRESS_DIR
 from etl.config import IngestConfig
 from etl.errors import EtlError, ShardError
 from etl.parse import BatchResult, Parser
@@ -24,9 +25,7 @@ from etl.shards import (Shard, fingerprint, iter_chunks, iter_line_batches, open
                         stat_shard)
 from etl.split import Part, part_chunks
 
-PROGRESS_DIR = "_progress"
 PROGRESS_EVERY = 0.5  # seconds between progress file updates of one shard
-COUNTS = ("lines", "rows_written", "rows_filtered", "rows_rejected", "blank_lines")
 
 
 def empty_record(shard: Shard, status: str, error: str | None = None) -> dict:

@@ -13,6 +13,9 @@ import time
 
 from etl.storage import Folder
 
+PROGRESS_DIR = "_progress"  # per-shard progress files of a running ingest
+COUNTS = ("lines", "rows_written", "rows_filtered", "rows_rejected", "blank_lines")
+
 MANIFEST_DIR = "_manifest"
 
 

@@ -10,7 +10,7 @@ import sys
 import threading
 from collections import Counter
 
-from etl.job import COUNTS, PROGRESS_DIR
+from etl.manifest import COUNTS, PROGRESS_DIR
 
 MB = 1_000_000
 

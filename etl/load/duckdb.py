@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from etl.errors import LoadError, TransientLoadError
-from etl.load.base import BATCH_ROWS, Loader, LoadUnit, quote, unit_columns
+from etl.load.base import BATCH_ROWS, Loader, LoadUnit, quote
 from etl.load.tables import upsert_sql
 from etl.schema import Schema
 from etl.storage import Folder
@@ -103,29 +103,59 @@ class DuckDBLoader(Loader):
                 raise self._classify(exc) from exc
 
     def load(self, schema: Schema, out: str, units: tuple[LoadUnit, ...]) -> int:
-        cols = [f.name for f in unit_columns(out, schema, units)]
         folder = Folder(out)
         # units in load order, a unit's files by name: the rank later rows win by
         urls = [folder.url(folder.join(f)) for u in units for f in sorted(f for f, _ in u.files)]
+        try:
+            return self._run(lambda con: self._merge(con, schema, folder, urls, units, False))
+        except LoadError as exc:
+            if not isinstance(exc.__cause__, _duplicate_key()):
+                raise
+        # a key repeats within the batch: nothing was committed; again, newest row per key
+        return self._run(lambda con: self._merge(con, schema, folder, urls, units, True))
 
-        def merge(con):
-            if not folder.local:  # DuckDB reads URLs through the same fsspec filesystem
-                protocol = folder.fs.protocol
-                if not con.filesystem_is_registered(
-                        protocol[0] if isinstance(protocol, tuple) else protocol):
-                    con.register_filesystem(folder.fs)
-            table = quote(schema.name)
-            (empty,) = con.execute(
-                f"SELECT count(*) = 0 FROM (SELECT 1 FROM {table} LIMIT 1)").fetchone()
-            # ranking rows for the newest per key costs a window over every column: only
-            # when some key repeats within the batch (files are immutable: this holds)
-            repeats = bool(schema.key) and con.execute(
+    def _merge(self, con, schema: Schema, folder: Folder, urls: list[str],
+               units: tuple[LoadUnit, ...], retry: bool) -> int:
+        if not folder.local:  # DuckDB reads URLs through the same fsspec filesystem
+            protocol = folder.fs.protocol
+            if not con.filesystem_is_registered(
+                    protocol[0] if isinstance(protocol, tuple) else protocol):
+                con.register_filesystem(folder.fs)
+        table = quote(schema.name)
+        cols = present_columns(con, urls, schema)
+        (empty,) = con.execute(
+            f"SELECT count(*) = 0 FROM (SELECT 1 FROM {table} LIMIT 1)").fetchone()
+        # ranking rows for the newest per key costs a window over every column: only when
+        # some key repeats within the batch (files are immutable: this holds). Into an empty
+        # table, a plain INSERT finds out by itself (a duplicate key fails it, and load()
+        # runs it again with retry set); into a non-empty one, ON CONFLICT would quietly
+        # keep the first of two new rows, so ask first.
+        if not schema.key:
+            repeats = False
+        elif empty and not retry:
+            repeats = False
+        else:
+            repeats = con.execute(
                 f"SELECT count(*) > count(DISTINCT {quote(schema.key)}) "
                 f"FROM {source_sql(urls, cols, False)}").fetchone()[0]
-            con.execute(upsert_sql(
-                schema, cols, source_sql(urls, cols, repeats), f"{RANK}, file_row_number",
-                quote, empty=bool(empty), dedupe=bool(repeats), key_order=True))
-            for unit in units:
-                self._record(con, schema, unit)
-            return sum(n for u in units for _, n in u.files)
-        return self._run(merge)
+        con.execute(upsert_sql(
+            schema, cols, source_sql(urls, cols, repeats), f"{RANK}, file_row_number",
+            quote, empty=bool(empty), dedupe=bool(repeats), key_order=True))
+        for unit in units:
+            self._record(con, schema, unit)
+        return sum(n for u in units for _, n in u.files)
+
+
+def _duplicate_key():
+    import duckdb
+
+    return duckdb.ConstraintException
+
+
+def present_columns(con, urls: list[str], schema: Schema) -> list[str]:
+    """The schema's fields present in any of the files (older files may lack new fields),
+    in schema order: DuckDB reads the footers itself, in parallel."""
+    names = {r[0] for r in con.execute(
+        f"DESCRIBE SELECT * FROM read_parquet([{', '.join(_sql_str(u) for u in urls)}], "
+        "union_by_name = true, hive_partitioning = false)").fetchall()}
+    return [f.name for f in schema.fields if f.name in names]
