@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
                          description="etl ingest followed by etl load of the same folder.")
     _ingest_args(run)
     run.add_argument("--db", default=DEFAULT_DB, help=f"SQLAlchemy URL (default {DEFAULT_DB})")
+    _batch_rows_arg(run)
     run.add_argument("--every", metavar="DURATION",
                      help="run again every DURATION (30s, 5m, 1h) until interrupted, for "
                           "places without cron")
@@ -48,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="the ingest output folder")
     load.add_argument("--schema", required=True, help="schema TOML file")
     load.add_argument("--db", default=DEFAULT_DB, help=f"SQLAlchemy URL (default {DEFAULT_DB})")
+    _batch_rows_arg(load)
     load.add_argument("--report", help="write the load report as JSON to this file")
     load.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                       help="when another run holds the folder, wait this long (default 0)")
@@ -154,6 +156,22 @@ def parse_duration(text: str) -> float:
     return value
 
 
+def _batch_rows_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-rows", type=_count, default=None, metavar="N",
+                   help="most rows per load transaction; pending shards load together up "
+                        "to it, a bigger shard alone (default 5000000; 0: one shard each)")
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of rows >= 0, got {text!r}")
+    return n
+
+
 def _ingest_once(args) -> int:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy: see workers.SERVER_ENV
     from etl import workers
@@ -186,7 +204,7 @@ def _ingest_started(args, done_with_workers) -> int:
         from etl.load import run_load
 
         try:
-            report["load"] = run_load(cfg.out, cfg.schema, args.db)
+            report["load"] = run_load(cfg.out, cfg.schema, args.db, args.batch_rows)
         except LoadError as exc:  # the ingest part of the report is still worth keeping
             report["load"] = {"error": str(exc)}
             if args.report:
@@ -222,7 +240,7 @@ def _load(args) -> int:
     schema = load_schema(args.schema)
     try:
         with run_lock(args.source, args.wait):
-            report = run_load(args.source, schema, args.db)
+            report = run_load(args.source, schema, args.db, args.batch_rows)
     except Busy as busy:
         event("busy", f"{busy}; nothing to do", **busy.holder)
         return EXIT_OK

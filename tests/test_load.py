@@ -325,15 +325,16 @@ def test_sigkill_during_load_then_rerun_equals_a_clean_load(backend, new_db, tmp
     run_etl(*load, "--db", clean, check=0)
     clean_seconds = time.monotonic() - started
 
-    url = new_db()
-    proc = subprocess.run([sys.executable, "-c", KILL_BEFORE_COMMIT, "3", *load, "--db", url],
-                          capture_output=True, cwd=ROOT, timeout=120)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
-    # killed after the third shard's rows and records, before its commit: gone with it are
-    # that shard (Postgres: one transaction per shard) or the whole batch (DuckDB: every
-    # pending shard in one transaction)
-    assert len(loads(url)) == (sum(per_shard[:2]) if backend == "postgres" else 0)
-    assert backend == "postgres" or table(url) == []  # no row without its record
+    # killed after the third shard's rows and records, before their commit: gone with
+    # them is the whole batch (every pending shard in one transaction), or that shard
+    # alone with --batch-rows 0 (one shard per transaction)
+    for batch, kept in (([], 0), (["--batch-rows", "0"], sum(per_shard[:2]))):
+        url = new_db()
+        proc = subprocess.run([sys.executable, "-c", KILL_BEFORE_COMMIT, "3", *load, *batch,
+                               "--db", url], capture_output=True, cwd=ROOT, timeout=120)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+        assert len(loads(url)) == kept
+        assert kept or table(url) == []  # no row without its record
 
     rng = random.Random(20150101)
     progress = []
@@ -513,14 +514,14 @@ def test_postgres_connection_killed_mid_load_is_retried(pg_server, tmp_path,  # 
 
     def copy_after_losing_the_connection(conn, *args):
         calls.append(1)
-        if len(calls) == 2:  # the second shard: the server ends our session mid-transaction
+        if len(calls) == 1:  # the server ends our session mid-transaction
             pid = conn.connection.driver_connection.info.backend_pid
             pg_server.execute(f"SELECT pg_terminate_backend({pid})")
         return copy(conn, *args)
     monkeypatch.setattr(PostgresLoader, "_copy", staticmethod(copy_after_losing_the_connection))
     url = pg_server.new_database()
     report = run_load(str(out), load_schema(COMMENTS), url)
-    assert len(calls) == 4  # three shards, the second one twice
+    assert len(calls) == 2  # the three shards' batch, twice
     assert report["shards_loaded"] == 3
     assert table(url) == table(clean) and len(loads(url)) == len(manifest_files(out))
 
@@ -611,3 +612,12 @@ def test_every_schema_type_gets_its_column_type_and_a_new_one_is_added(backend, 
     assert set(types) == set(fields)
     assert {r[0] for r in sql(db_url, "SELECT table_name FROM information_schema.tables")} \
         >= {"typed", "_etl_loads"}
+
+
+@pytest.mark.parametrize("value", ["-1", "many", "1.5"])
+def test_batch_rows_must_be_a_whole_number(tmp_path, value):
+    (tmp_path / "out").mkdir()
+    proc = run_etl("load", "--from", tmp_path / "out", "--schema", COMMENTS,
+                   "--batch-rows", value)
+    assert proc.returncode == 2
+    assert "--batch-rows" in proc.stderr.decode() and "whole number" in proc.stderr.decode()

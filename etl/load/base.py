@@ -2,9 +2,9 @@
 
 Exactly once = immutable Parquet files + a durable record of the files loaded
 (``_etl_loads``, written in the same transaction as their rows) + an idempotent
-merge (upsert by key). A batch of shards loads in one transaction (one shard
-each on Postgres; on DuckDB every pending shard up to ``BATCH_ROWS`` rows); a
-crash at any moment leaves either all of a batch's rows and its records, or neither.
+merge (upsert by key). A batch of shards (every pending shard, up to ``BATCH_ROWS``
+rows) loads in one transaction; a crash at any moment leaves either all of a
+batch's rows and its records, or neither.
 """
 
 from __future__ import annotations
@@ -26,7 +26,11 @@ LOADS_TABLE = "_etl_loads"
 RETRIES = 5              # attempts for a transient failure
 BACKOFF = 0.5            # seconds before the first retry; doubles each time
 BATCH_ROWS = 5_000_000   # rows per transaction where shards load together: bounds the
-                         # work a crash throws away and the size of one merge
+                         # work a crash throws away and the size of one merge. Together:
+                         # a DuckDB commit costs more than its merge; into an empty Postgres
+                         # table a batch is one COPY and one index build (psql's COPY into
+                         # the keyed table took 1.3-1.6x as long; a transaction per shard
+                         # left a B-tree insert per row to every shard after the first)
 RECORD_ROWS = 500        # _etl_loads rows per INSERT statement
 
 
@@ -95,13 +99,12 @@ def quote(name: str) -> str:
 class Loader(ABC):
     """A destination: prepare the table, load units exactly once, answer counts, close.
 
-    Subclasses set ``dialect`` (and ``batch_rows``). ``_run`` hands its function a
+    Subclasses set ``dialect``. ``_run`` hands its function a
     connection in one transaction: SQLAlchemy's (Postgres) or DuckDB's own (DuckDB:
     no SQLAlchemy start-up, about 0.3 s a run).
     """
 
     dialect = ""
-    batch_rows = 0  # > 0: pending units load together, up to this many rows per transaction
 
     @abstractmethod
     def _run(self, fn):
@@ -263,8 +266,13 @@ def _load_batch(loader: Loader, schema: Schema, out: str, batch: tuple[LoadUnit,
                             f"loading {unit.shard_path}") for unit in batch)
 
 
-def run_load(out: str, schema: Schema, url: str = DEFAULT_DB) -> dict:
-    """Load every finished shard of ``out`` not loaded yet; return the load report."""
+def run_load(out: str, schema: Schema, url: str = DEFAULT_DB,
+             batch_rows: int | None = None) -> dict:
+    """Load every finished shard of ``out`` not loaded yet; return the load report.
+
+    ``batch_rows``: most rows per transaction (pending shards load together up to it;
+    0: one shard per transaction); None: ``BATCH_ROWS``.
+    """
     start = time.monotonic()
     units = load_units(out)
     loader = open_loader(url)
@@ -273,7 +281,8 @@ def run_load(out: str, schema: Schema, url: str = DEFAULT_DB) -> dict:
         done = with_retries(lambda: loader.loaded(prepared=True), "reading _etl_loads")
         todo = [u for u in units if not all((f, u.token) in done for f, _ in u.files)]
         rows = sum(_load_batch(loader, schema, out, batch)
-                   for batch in batches(todo, loader.batch_rows))
+                   for batch in batches(todo, BATCH_ROWS if batch_rows is None
+                                        else batch_rows))
         table_rows = with_retries(lambda: loader.count(schema.name), "counting rows")
     finally:
         loader.close()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from etl.errors import LoadError, TransientLoadError
-from etl.load.base import BATCH_ROWS, Loader, LoadUnit, quote
+from etl.load.base import Loader, LoadUnit, quote
 from etl.load.tables import upsert_sql
 from etl.schema import Schema
 from etl.storage import Folder
@@ -46,7 +46,6 @@ class DuckDBLoader(Loader):
     """Loads into a DuckDB file on one connection of DuckDB's own, kept for the run."""
 
     dialect = "duckdb"
-    batch_rows = BATCH_ROWS
 
     def __init__(self, path: str, config: dict | None = None):
         self.path, self.config = path, config or {}

@@ -1,12 +1,14 @@
-"""Postgres destination: COPY straight into the table when the shard's rows are all new,
+"""Postgres destination: COPY straight into the table when a batch's rows are all new,
 else COPY into a temporary staging table, then one INSERT ... ON CONFLICT.
 
-Most shards bring keys the table has never seen; for them the merge is a plain COPY
-into the table, half the server's work of staging and merging. Whether the keys are
-new is found by trying: the COPY runs inside a savepoint, and the first key already
-in the table or repeated within the shard (a unique violation) rolls it back and
-takes the staging path instead. A failed COPY still reads the whole shard, so a
-shard whose first keys are already in the table (one ingested again) is staged at once.
+Pending shards load together, up to ``BATCH_ROWS`` rows per transaction (as on
+DuckDB). Most shards bring keys the table has never seen; for them the merge is a
+plain COPY into the table, half the server's work of staging and merging. Whether
+the keys are new is found by trying: the COPY runs inside a savepoint, and the first
+key already in the table or repeated within the batch (a unique violation) rolls it
+back and takes the staging path instead. A failed COPY still reads the whole batch, so
+a batch whose first keys are already in the table (a shard ingested again) is staged
+at once.
 
 The password comes from the URL, ``PGPASSWORD`` or ``~/.pgpass`` (libpq reads
 the last two itself) and is never printed: messages name host, port and database.

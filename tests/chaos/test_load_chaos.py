@@ -204,7 +204,8 @@ def test_postgres_stopped_mid_load_retries_then_fails_cleanly(own_pg, tmp_path, 
     out = tmp_path / "out"
     etl.ingest([str(tmp_path / "in")], COMMENTS, out, scheduler="synchronous")
     by_shard = _ids_by_shard(out)
-    load = ["load", "--from", str(out), "--schema", COMMENTS]
+    # small batches (about two shards each): commits to wait for before the stop
+    load = ["load", "--from", str(out), "--schema", COMMENTS, "--batch-rows", "300"]
     clean_url = own_pg.new_database()
     run_etl(*load, "--db", clean_url, check=0)
     clean = table_rows(clean_url)
