@@ -172,9 +172,17 @@ def dictionary_columns(table: pa.Table) -> list[str]:
     more bytes, on Reddit comments). The first rows of a shard decide for all its files.
     """
     sample = table.slice(0, DICTIONARY_SAMPLE)
-    half = sample.num_rows // 2
-    return [name for name, column in zip(sample.column_names, sample.columns)
-            if pc.count_distinct(column).as_py() <= half]
+    chosen = []
+    for name, column in zip(sample.column_names, sample.columns):
+        if pa.types.is_list(column.type):  # the values: Parquet's leaf column of the list
+            column, name = pc.list_flatten(column), f"{name}.list.element"
+        try:
+            distinct = pc.count_distinct(column).as_py()
+        except pa.ArrowNotImplementedError:  # a type with no such kernel: no dictionary
+            continue
+        if distinct <= len(column) // 2:
+            chosen.append(name)
+    return chosen
 
 
 def _new_writer(out: Folder, tmp: str, schema: pa.Schema,

@@ -513,3 +513,27 @@ def test_workers_tune_malloc_where_glibc_allows():
 
     applied = workers.tune_malloc()
     assert applied == (platform.libc_ver()[0] == "glibc")
+
+
+def test_dictionaries_go_to_repetitive_columns_lists_included(tmp_path):
+    import pyarrow as pa
+
+    from etl import parquet
+
+    n = 1000
+    table = pa.table({"id": [f"{i:06d}" for i in range(n)], "sub": ["a", "b"] * (n // 2),
+                      "tags": [["x", "y"]] * n, "uniq": [[f"{i}"] for i in range(n)],
+                      "n": list(range(n)), "flag": [True] * n})
+    assert parquet.dictionary_columns(table) == ["sub", "tags.list.element", "flag"]
+    path = tmp_path / "t.parquet"
+    writer = parquet._new_writer(parquet.Folder(str(tmp_path)), str(path), table.schema,
+                                 parquet.dictionary_columns(table))
+    writer.write_table(table)
+    writer.close()
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    encoded = {meta.column(i).path_in_schema: "RLE_DICTIONARY" in meta.column(i).encodings
+               for i in range(meta.num_columns)}
+    assert encoded == {"id": False, "sub": True, "tags.list.element": True,
+                       "uniq.list.element": False, "n": False,
+                       "flag": False}  # Parquet has no dictionary for booleans
+    assert pq.read_table(path).equals(table)
