@@ -251,6 +251,27 @@ def _add(rec: dict, res: BatchResult, batch) -> None:
                                   else sum(map(len, batch.lines)) + len(batch.lines))
 
 
+def lost_record(item: Shard | Part, cfg: IngestConfig, why: str) -> dict:
+    """The failed record of a shard (or part) whose worker process died mid-run.
+
+    Nothing of it was published: a whole shard's temporary files are removed and its
+    failure recorded (for ``etl status``); a part's are left to ``finish_parts``. A
+    rerun redoes it.
+    """
+    shard = item.shard if isinstance(item, Part) else item
+    rec = empty_record(shard, "failed", f"{shard.path}: {why}; nothing of it is published: "
+                                        "rerun to go on")
+    if isinstance(item, Part):
+        rec.update(part=item.index, parts=item.count, owned_bytes=0)
+        return rec
+    try:
+        parquet.discard_temp(cfg.out, shard.id)
+        manifest.write_manifest(cfg.out, shard.id, rec)
+    except OSError:  # the record is for `etl status` only: the shard is not done either way
+        pass
+    return rec
+
+
 def _failed(shard: Shard, rec: dict, exc: Exception, start: float) -> dict:
     read = rec["lines"]
     if isinstance(exc, ShardError):

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 from etl.config import IngestConfig
 from etl.errors import ConfigError
 from etl import split, workers
-from etl.job import finish_parts, prepare_parts, process_part, process_shard, quick_skip
+from etl.job import (finish_parts, lost_record, prepare_parts, process_part, process_shard,
+                     quick_skip)
 from etl.parse import Parser
 from etl.report import ProgressBar, build_report
 from etl.schema import Schema
@@ -72,7 +73,8 @@ def _compute(items: list, cfg: IngestConfig, announce: bool = False) -> list[dic
     """``_process`` over every item, in any order, on the configured scheduler."""
     scheduler = cfg.scheduler
     if scheduler == "processes":
-        return workers.run_local(_process, _biggest_first(items), cfg)
+        return workers.run_local(_process, _biggest_first(items), cfg,
+                                 lost=lambda item, why: lost_record(item, cfg, why))
     bag = shard_bag(items).map(_process, cfg)
     if "://" not in scheduler:
         # dask's own functions: given by name, dask first imports `distributed` to look

@@ -60,28 +60,42 @@ def start_early() -> None:
                 os.environ[k] = v
 
 
-def run_local(fn, items: list, arg) -> list:
+def run_local(fn, items: list, arg, lost=None) -> list:
     """``fn(item, arg)`` for every item, on local worker processes; results in item order.
 
     One task per hand-out, in the order given, on up to one worker per core. A plain
     process pool (what dask's own multiprocessing scheduler runs on, too), so neither
     this process nor the workers import dask for a flat map of independent tasks.
-    On an interrupt, tasks not started are cancelled; running ones end with it.
+    When a worker process dies (killed, out of memory), the pool is broken: every task
+    not finished by then gets ``lost(item, why)`` as its result (without ``lost``, the
+    error is raised). On an interrupt, tasks not started are cancelled; running ones
+    end with it.
     """
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     start_early()  # started already by the CLI; else here, or spawn
     n = max(1, min(os.cpu_count() or 1, len(items)))
     pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context(context()),
                                initializer=worker_start)
+    broken = object()
     try:
         futures = [pool.submit(fn, item, arg) for item in items]
-        results = [f.result() for f in futures]
+        results = []
+        for future in futures:
+            try:
+                results.append(future.result())
+            except BrokenProcessPool:
+                if lost is None:
+                    raise
+                results.append(broken)
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         raise
-    pool.shutdown(wait=True)
-    return results
+    pool.shutdown(wait=True)  # every worker has ended: nothing writes any more
+    return [lost(item, "a worker process died (killed, or out of memory?) while this shard "
+                       "was running or waiting") if r is broken else r
+            for item, r in zip(items, results)]
 
 
 def stop() -> None:

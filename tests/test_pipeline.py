@@ -537,3 +537,39 @@ def test_dictionaries_go_to_repetitive_columns_lists_included(tmp_path):
                        "uniq.list.element": False, "n": False,
                        "flag": False}  # Parquet has no dictionary for booleans
     assert pq.read_table(path).equals(table)
+
+
+def _die_on_two(item, arg):
+    if item == 2:
+        os.kill(os.getpid(), 9)  # as the kernel's OOM killer would
+    return item * arg
+
+
+def test_a_dead_worker_fails_its_shards_cleanly_and_the_rerun_finishes(tmp_path):
+    from etl import workers
+
+    # the pool: tasks not finished when a worker dies get lost(); the others their result
+    got = workers.run_local(_die_on_two, [0, 1, 2], 10, lost=lambda item, why: ("lost", why))
+    assert got[2][0] == "lost" and "worker process died" in got[2][1]
+    assert all(g == i * 10 or g[0] == "lost" for i, g in enumerate(got))
+    with pytest.raises(Exception, match="terminated abruptly"):
+        workers.run_local(_die_on_two, [2], 1)
+
+    # a whole shard lost: failed, its temporary files gone, recorded; a rerun does it
+    from etl.config import IngestConfig
+    from etl.job import lost_record
+    from etl.shards import find_shards
+
+    src = write_shard(tmp_path, "a.ndjson", sample_bytes(300, seed=3), "none")
+    out = tmp_path / "out"
+    shard = find_shards([str(src)])[0]
+    tmp = out / "created_utc_date=2015-01-01" / f".{shard.id}-000000.parquet.tmp"
+    tmp.parent.mkdir(parents=True)
+    tmp.write_bytes(b"half")
+    cfg = IngestConfig(schema=etl.load_schema(COMMENTS), out=str(out), scheduler="processes")
+    rec = lost_record(shard, cfg, "a worker process died")
+    assert rec["status"] == "failed" and "rerun to go on" in rec["error"] and not tmp.exists()
+    status = json.loads(run_etl("status", "--out", out, "--json", check=0).stdout)
+    assert status["shards_failed"] == [str(src)]
+    report = etl.ingest([str(src)], COMMENTS, str(out), scheduler="processes")
+    assert report["status"]["ok"] == 1 and report["rows_written"] > 0
