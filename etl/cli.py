@@ -173,8 +173,10 @@ def _count(text: str) -> int:
 
 
 def _ingest_once(args) -> int:
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy: see workers.SERVER_ENV
     from etl import workers
+
+    for name, value in workers.PROCESS_ENV.items():  # before numpy and pyarrow load
+        os.environ.setdefault(name, value)
 
     if args.scheduler in (None, "processes") and (os.cpu_count() or 1) >= 2:
         workers.start_early()  # its imports overlap with the ones below

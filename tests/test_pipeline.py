@@ -398,8 +398,10 @@ from etl import workers
 
 def state():
     import os
+    import pyarrow as pa
     return ("etl.pipeline" in sys.modules, "pandas" in sys.modules,
-            os.environ.get("OPENBLAS_NUM_THREADS"), "dask" in sys.modules)
+            os.environ.get("OPENBLAS_NUM_THREADS"), "dask" in sys.modules,
+            pa.default_memory_pool().backend_name)
 
 if __name__ == "__main__":
     import os
@@ -418,14 +420,15 @@ if __name__ == "__main__":
 
 
 def test_workers_fork_from_a_preloaded_server_that_stops_with_the_run(tmp_path):
-    """Workers start with etl imported and pandas and dask not, with one BLAS thread;
-    the server is reaped at the end."""
+    """Workers start with etl imported and pandas and dask not, with one BLAS thread and
+    Arrow on jemalloc; the server is reaped at the end."""
     script = tmp_path / "state.py"
     script.write_text(WORKER_STATE)
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, cwd=ROOT,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr.decode()
-    assert proc.stdout.decode().split("\n")[:2] == ["(True, False, '1', False)", "False"]
+    assert proc.stdout.decode().split("\n")[:2] == [
+        "(True, False, '1', False, 'jemalloc')", "False"]
 
 
 def test_preload_module_keeps_other_processes_exit_codes():
@@ -573,3 +576,26 @@ def test_a_dead_worker_fails_its_shards_cleanly_and_the_rerun_finishes(tmp_path)
     assert status["shards_failed"] == [str(src)]
     report = etl.ingest([str(src)], COMMENTS, str(out), scheduler="processes")
     assert report["status"]["ok"] == 1 and report["rows_written"] > 0
+
+
+ALLOCATOR = """
+import sys
+from etl.cli import main
+main(sys.argv[1:])
+import pyarrow as pa
+print(pa.default_memory_pool().backend_name)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="jemalloc: Linux wheels")
+def test_the_cli_runs_arrow_on_jemalloc_unless_the_environment_chose(tmp_path):
+    src = write_shard(tmp_path, "a.ndjson", sample_bytes(50, seed=2), "none")
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    for chosen, want in ((None, "jemalloc"), ("system", "system")):
+        if chosen:
+            env["ARROW_DEFAULT_MEMORY_POOL"] = chosen
+        proc = subprocess.run([sys.executable, "-c", ALLOCATOR, "ingest", str(src), "--schema",
+                               COMMENTS, "--out", str(tmp_path / f"out-{want}"), "--scheduler",
+                               "synchronous", "--quiet"],
+                              capture_output=True, cwd=ROOT, env=env, timeout=120)
+        assert proc.stdout.decode().split() == [want], proc.stderr.decode()
