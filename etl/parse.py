@@ -76,11 +76,11 @@ class _ScanPlan:
         self.keys = list(dict.fromkeys(f.path[0] for f in schema.fields))
         self.usable = len(self.keys) <= SCAN_KEYS
         self.key_bytes = tuple(k.encode() for k in self.keys)
-        # keys read only as top-level strings come back as Arrow string columns
-        self.strings = bytes(all(f.type == "string" and len(f.path) == 1
-                                 for f in schema.fields if f.path[0] == k) for k in self.keys)
-        # keys read only as one top-level timestamp: epoch values typed in C where it can
         readers = {k: [f for f in schema.fields if f.path[0] == k] for k in self.keys}
+        # keys read only as top-level strings come back as Arrow string columns
+        self.strings = bytes(all(f.type == "string" and len(f.path) == 1 for f in readers[k])
+                             for k in self.keys)
+        # keys read only as one top-level timestamp: epoch values typed in C where it can
         self.epochs = {k: (fs[0].arrow_type, coerce.UNIT_US[fs[0].unit])
                        for k, fs in readers.items()
                        if len(fs) == 1 and fs[0].type == "timestamp" and len(fs[0].path) == 1}

@@ -40,12 +40,6 @@ def arrow_types() -> dict:
     return _arrow_types
 
 
-def __getattr__(name: str):
-    if name == "ARROW_TYPES":  # the mapping, as a module attribute (built lazily)
-        return arrow_types()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 FILTER_OPS = ("eq", "ne", "in", "not_in", "ge", "gt", "le", "lt", "between", "not_null", "regex")
 FIELD_KEYS = {"type", "path", "required", "null_if", "strip", "lower", "html_unescape", "unit",
               "description"}

@@ -112,10 +112,10 @@ def stop() -> None:
     workers' CPU time reaches our parent's accounting (the server reaps them, we reap it)."""
     from multiprocessing import forkserver
 
-    stop = getattr(getattr(forkserver, "_forkserver", None), "_stop", None)  # 3.8+
-    if stop is not None:
+    halt = getattr(getattr(forkserver, "_forkserver", None), "_stop", None)  # 3.8+
+    if halt is not None:
         try:
-            stop()
+            halt()
         except Exception:  # noqa: BLE001 - it ends with us anyway
             pass
 

@@ -108,7 +108,9 @@ class DuckDBLoader(Loader):
         try:
             return self._run(lambda con: self._merge(con, schema, folder, urls, units, False))
         except LoadError as exc:
-            if not isinstance(exc.__cause__, _duplicate_key()):
+            import duckdb
+
+            if not isinstance(exc.__cause__, duckdb.ConstraintException):
                 raise
         # a key repeats within the batch: nothing was committed; again, newest row per key
         return self._run(lambda con: self._merge(con, schema, folder, urls, units, True))
@@ -129,26 +131,15 @@ class DuckDBLoader(Loader):
         # table, a plain INSERT finds out by itself (a duplicate key fails it, and load()
         # runs it again with retry set); into a non-empty one, ON CONFLICT would quietly
         # keep the first of two new rows, so ask first.
-        if not schema.key:
-            repeats = False
-        elif empty and not retry:
-            repeats = False
-        else:
-            repeats = con.execute(
-                f"SELECT count(*) > count(DISTINCT {quote(schema.key)}) "
-                f"FROM {source_sql(urls, cols, False)}").fetchone()[0]
+        repeats = bool(schema.key) and (retry or not empty) and con.execute(
+            f"SELECT count(*) > count(DISTINCT {quote(schema.key)}) "
+            f"FROM {source_sql(urls, cols, False)}").fetchone()[0]
         con.execute(upsert_sql(
             schema, cols, source_sql(urls, cols, repeats), f"{RANK}, file_row_number",
             quote, empty=bool(empty), dedupe=bool(repeats), key_order=True))
         for unit in units:
             self._record(con, schema, unit)
         return sum(n for u in units for _, n in u.files)
-
-
-def _duplicate_key():
-    import duckdb
-
-    return duckdb.ConstraintException
 
 
 def present_columns(con, urls: list[str], schema: Schema) -> list[str]:
