@@ -2,9 +2,12 @@
 
 import atexit
 import os
+import sys
 
-from etl.workers import worker_start
+from etl.workers import NO_NUMPY, worker_start
 
+if os.environ.get("ETL_FORK_SERVER") == "1":  # the server and its forks only
+    sys.meta_path.insert(0, NO_NUMPY)
 worker_start()  # before anything calls pa.array: forked workers inherit the answer
 
 import etl.pipeline  # noqa: E402,F401  (pyarrow and the job: imported once, for all)

@@ -29,7 +29,6 @@ import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 
-import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -122,12 +121,20 @@ class _ScanPlan:
                                                          pa.py_buffer(data)], null_count=nulls)
             if other_rows:  # numbers, bools, lists, objects: the values orjson reads
                 values = arr.to_pylist()
-                for row, value in zip(np.frombuffer(other_rows, np.int64).tolist(),
+                for row, value in zip(memoryview(other_rows).cast("q").tolist(),
                                       orjson.loads(others)):
                     values[row] = value
                 arr = values
             cols[key] = arr
         return cols
+
+
+def _lines_with(status: bytes, code: int) -> memoryview:
+    """The indices of the lines whose status byte is ``code``, as a read-only sequence of
+    ints (a view of Arrow's answer: no Python list of tens of thousands of ints)."""
+    codes = pa.Array.from_buffers(pa.uint8(), len(status), [None, pa.py_buffer(status)])
+    where = pc.indices_nonzero(pc.equal(codes, code))
+    return memoryview(where.buffers()[1] or b"").cast("Q")[:len(where)]
 
 
 @dataclass(frozen=True)
@@ -200,33 +207,33 @@ class Parser:
         takes the other paths, which judge it line by line).
         """
         status, starts, arrays = self.plan.scan(data)
-        status = np.frombuffer(status, np.uint8)
+        n = len(status)
         if batch.given is None:
-            batch.know_count(len(status))  # counting them again costs 0.35 ms/MB
-        elif len(status) != len(batch.given):  # an empty list of lines: one blank line to C
+            batch.know_count(n)  # counting them again costs 0.35 ms/MB
+        elif n != len(batch.given):  # an empty list of lines: one blank line to C
             return None
-        kept = np.flatnonzero(status == 1)
+        kept = _lines_with(status, 1)
         try:
             cols = self.plan.columns(arrays, len(kept))
         except orjson.JSONDecodeError:
             return None
-        unsure = np.flatnonzero(status == 2)
+        unsure = _lines_with(status, 2)
         table, rejects, blank, filtered, rows_at = self._typed(
-            _Columns(cols, len(kept)), kept.tolist(), [], 0)
-        filtered += len(status) - len(kept) - len(unsure)
+            _Columns(cols, len(kept)), kept, [], 0)
+        filtered += n - len(kept) - len(unsure)
         if len(unsure):
-            starts = np.frombuffer(starts, np.int64)
-            stops = np.append(starts[1:] - 1, len(data))
-            lines = [bytes(data[starts[i]:stops[i]]) for i in unsure.tolist()]
-            tables, at = [table], [np.asarray(rows_at, np.int64)]
+            starts = memoryview(starts).cast("q")
+            lines = [bytes(data[starts[i]:starts[i + 1] - 1 if i + 1 < n else len(data)])
+                     for i in unsure]
+            tables, at = [table], list(rows_at)
             for lo in range(0, len(lines), SLICE_LINES):  # bounded: dicts of 4096 lines
                 more, rej, b, flt, more_at = self._slice(lines, lo, lo + SLICE_LINES)
-                rejects += [(int(unsure[i]), *why) for i, *why in rej]
+                rejects += [(unsure[i], *why) for i, *why in rej]
                 blank += b
                 filtered += flt
                 tables.append(more)
-                at.append(unsure[more_at])
-            order = np.argsort(np.concatenate(at), kind="stable")  # rows in line order
+                at += [unsure[i] for i in more_at]
+            order = pc.sort_indices(pa.array(at, pa.int64()))  # stable: rows in line order
             table = pa.concat_tables(tables).take(order)
         return self._result(batch, table, rejects, blank, filtered)
 

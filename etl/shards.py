@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import BinaryIO, Callable, Iterator
 
-import numpy as np
 from backports.zstd import DecompressionParameter, ZstdDecompressor, ZstdError
 from isal import isal_zlib
 
@@ -94,10 +93,8 @@ class LineBatch:
     @cached_property
     def count(self) -> int:
         """Number of lines."""
-        if self.given is not None:
-            return len(self.given)
-        # numpy counts LFs about 3x faster than bytes.count (measured on 8 MB)
-        return int(np.count_nonzero(np.frombuffer(self.raw, np.uint8) == 10)) + 1
+        # the parser's scanner counts them (know_count); else the lines are needed anyway
+        return len(self.lines)
 
 
 # ---------------------------------------------------------------- discovery

@@ -120,13 +120,22 @@ def stop() -> None:
             pass
 
 
-class _NoPandas(importlib.abc.MetaPathFinder):
-    """Refuses ``import pandas`` while installed (see ``worker_start``)."""
+class Refuse(importlib.abc.MetaPathFinder):
+    """Refuses to import the package ``name`` (and its modules) while installed."""
+
+    def __init__(self, name: str, why: str):
+        self.name, self.why = name, why
 
     def find_spec(self, name, path, target=None):
-        if name == "pandas" or name.startswith("pandas."):
-            raise ImportError("pandas is not needed by an ingest worker")
+        if name.partition(".")[0] == self.name:
+            raise ImportError(f"{self.name} is not loaded in etl's ingest workers: {self.why}")
         return None
+
+
+# pyarrow imports numpy when it can (60 ms of the fork server's start, before any worker
+# can start; measured), only to convert to and from numpy arrays, which ingest never does
+NO_NUMPY = Refuse("numpy", "no ingest task uses it, and pyarrow's import of it costs "
+                  "every run 60 ms of start-up (etl._preload)")
 
 
 # glibc malloc: M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD (malloc.h)
@@ -161,7 +170,7 @@ def worker_start() -> None:
     that pandas is missing, pyarrow stops asking; pandas stays importable afterwards.
     """
     tune_malloc()
-    finder = _NoPandas()
+    finder = Refuse("pandas", "pyarrow only asks whether an input could be a pandas object")
     sys.meta_path.insert(0, finder)
     try:
         import pyarrow as pa

@@ -399,9 +399,14 @@ from etl import workers
 def state():
     import os
     import pyarrow as pa
+    try:
+        import numpy  # noqa: F401
+        numpy_refused = False
+    except ImportError as exc:
+        numpy_refused = "not loaded in etl's ingest workers" in str(exc)
     return ("etl.pipeline" in sys.modules, "pandas" in sys.modules,
             os.environ.get("OPENBLAS_NUM_THREADS"), "dask" in sys.modules,
-            pa.default_memory_pool().backend_name)
+            pa.default_memory_pool().backend_name, numpy_refused)
 
 if __name__ == "__main__":
     import os
@@ -420,15 +425,15 @@ if __name__ == "__main__":
 
 
 def test_workers_fork_from_a_preloaded_server_that_stops_with_the_run(tmp_path):
-    """Workers start with etl imported and pandas and dask not, with one BLAS thread and
-    Arrow on jemalloc; the server is reaped at the end."""
+    """Workers start with etl imported and pandas, dask and numpy not (numpy refused), with
+    one BLAS thread and Arrow on jemalloc; the server is reaped at the end."""
     script = tmp_path / "state.py"
     script.write_text(WORKER_STATE)
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, cwd=ROOT,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout.decode().split("\n")[:2] == [
-        "(True, False, '1', False, 'jemalloc')", "False"]
+        "(True, False, '1', False, 'jemalloc', True)", "False"]
 
 
 def test_preload_module_keeps_other_processes_exit_codes():
