@@ -178,9 +178,12 @@ def _ingest_once(args) -> int:
     for name, value in workers.PROCESS_ENV.items():  # before numpy and pyarrow load
         os.environ.setdefault(name, value)
 
-    if args.scheduler in (None, "processes") and (os.cpu_count() or 1) >= 2:
+    in_here = args.scheduler in ("synchronous", "threads") or (
+        args.scheduler is None and (os.cpu_count() or 1) < 2)
+    if args.scheduler in (None, "processes") and not in_here:
         workers.start_early()  # its imports overlap with the ones below
-    workers.tune_malloc()  # for the synchronous and threads schedulers, which work here
+    if in_here:  # the shards are read in this process: start it as a worker starts
+        workers.worker_start()  # (pyarrow's first pa.array imported pandas: 0.3 s)
     try:
         return _ingest_started(args, workers.stop)
     finally:

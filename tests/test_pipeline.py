@@ -488,6 +488,25 @@ def test_a_run_on_local_processes_imports_no_dask_in_the_main_process(tmp_path):
     assert rec["status"]["ok"] == 3 and warehouse_rows(tmp_path / "out") == rec["rows_written"]
 
 
+@pytest.mark.parametrize("scheduler", ["synchronous", "threads"])
+def test_the_cli_reading_shards_itself_starts_as_a_worker(tmp_path, scheduler):
+    """With the synchronous or threads scheduler the CLI's own process reads the shards:
+    it starts as a worker does, so pyarrow's first pa.array does not import pandas."""
+    src = tmp_path / "s.ndjson"
+    src.write_bytes(sample_bytes(300, seed=44))
+    report = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, "-c", MAIN_IMPORTS, "ingest", str(src), "--schema",
+                           COMMENTS, "--out", str(tmp_path / "out"), "--scheduler", scheduler,
+                           "--report", str(report), "--quiet"],
+                          capture_output=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()
+    code, imported = proc.stdout.decode().split(" ", 1)
+    assert code == "0" and "pandas" not in imported  # dask it uses
+    rec = json.loads(report.read_text())
+    assert_accounting(rec)
+    assert rec["rows_written"] > 0 and warehouse_rows(tmp_path / "out") == rec["rows_written"]
+
+
 QUICK_EXIT = """
 import atexit, sys, threading, time
 from etl.cli import run
