@@ -10,7 +10,10 @@ if os.environ.get("ETL_FORK_SERVER") == "1":  # the server and its forks only
     sys.meta_path.insert(0, NO_NUMPY)
 worker_start()  # before anything calls pa.array: forked workers inherit the answer
 
-import etl.pipeline  # noqa: E402,F401  (pyarrow and the job: imported once, for all)
+# pyarrow, the parser, the writers and the job: imported once, for all
+import etl.parquet  # noqa: E402,F401
+import etl.parse  # noqa: E402,F401
+import etl.pipeline  # noqa: E402,F401
 
 # when the run stops the server, skip tearing down all those modules (0.1 s, measured):
 # the server holds no data, and its forked workers leave by os._exit, never by atexit.

@@ -25,7 +25,6 @@ from etl.errors import ConfigError
 from etl import split, workers
 from etl.job import (finish_parts, lost_record, prepare_parts, process_part, process_shard,
                      quick_skip)
-from etl.parse import Parser
 from etl.report import ProgressBar, build_report
 from etl.schema import Schema
 from etl.storage import Folder
@@ -52,6 +51,8 @@ def shard_bag(shards: list[Shard] | list[Shard | Part]) -> db.Bag:
 
 
 def _tables(shards, schema: Schema, batch_bytes: int):
+    from etl.parse import Parser
+
     parser = Parser(schema)
     for shard in shards:
         with open_shard(shard) as fh:

@@ -465,13 +465,15 @@ MAIN_IMPORTS = """
 import sys
 from etl.cli import main
 code = main(sys.argv[1:])
-print(code, sorted({m.split('.')[0] for m in sys.modules} & {'dask', 'distributed', 'pandas'}))
+print(code, sorted({m.split('.')[0] for m in sys.modules}
+                   & {'dask', 'distributed', 'pandas', 'pyarrow', 'numpy'}))
 """
 
 
 def test_a_run_on_local_processes_imports_no_dask_in_the_main_process(tmp_path):
     """Local workers take the shards from a plain process pool: the main process never
-    imports dask (0.2 s before the first task, measured), and the rows are all there."""
+    imports dask (0.2 s before the first task, measured) nor pyarrow and numpy (the workers'
+    fork server has them), and the rows are all there."""
     src = tmp_path / "in"
     src.mkdir()
     for i, codec in enumerate(("zst", "gz", "none")):
@@ -501,7 +503,7 @@ def test_the_cli_reading_shards_itself_starts_as_a_worker(tmp_path, scheduler):
                           capture_output=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr.decode()
     code, imported = proc.stdout.decode().split(" ", 1)
-    assert code == "0" and "pandas" not in imported  # dask it uses
+    assert code == "0" and "pandas" not in imported  # dask and pyarrow it uses
     rec = json.loads(report.read_text())
     assert_accounting(rec)
     assert rec["rows_written"] > 0 and warehouse_rows(tmp_path / "out") == rec["rows_written"]
