@@ -8,7 +8,7 @@ is repaired).
 
 pyarrow (the Parquet writers, the parser) is imported only by the functions that need
 it: the main process of a run on local worker processes only keeps the books here, and
-gets to its first hand-out 0.1-0.15 s sooner without it (the workers' fork server has it
+gets to its first hand-out about 0.1 s sooner without it (the workers' fork server has it
 preloaded).
 """
 
