@@ -774,8 +774,26 @@ finally:
     return result;
 }
 
+PyDoc_STRVAR(buffer_doc,
+"buffer(n) -> bytearray\n\n"
+"A bytearray of n bytes whose contents are not set (bytearray(n) zeroes them first):\n"
+"for a reader to fill at once (etl.shards reads plain text straight into each batch).");
+
+static PyObject *buffer(PyObject *self, PyObject *arg)
+{
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "buffer size must be >= 0");
+        return NULL;
+    }
+    return PyByteArray_FromStringAndSize(NULL, n);
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, scan_doc},
+    {"buffer", buffer, METH_O, buffer_doc},
     {"epoch_us", epoch_us, METH_VARARGS, epoch_us_doc},
     {NULL, NULL, 0, NULL},
 };

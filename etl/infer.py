@@ -89,7 +89,7 @@ def sample_rows(inputs: list[str], lines: int) -> tuple[list[dict], int]:
     rows, bad = [], 0
     for shard in find_shards(inputs):
         with open_shard(shard) as fh:
-            for batch in iter_line_batches(iter_chunks(fh, shard.path), 1 << 20):
+            for batch in iter_line_batches(iter_chunks(fh, shard.path, fill=True), 1 << 20):
                 for line in batch.lines:
                     if not line.strip():
                         continue

@@ -99,7 +99,7 @@ def _run(shard: Shard, cfg: IngestConfig, start: float) -> dict:
     except Exception as exc:
         return _failed(shard, empty_record(shard, "ok"), exc, start)
     with fh:
-        chunks = iter_chunks(fh, shard.path, counter)
+        chunks = iter_chunks(fh, shard.path, counter, fill=True)
         rec, writer, rejects = _stream(shard, shard.id, None, chunks, counter, cfg, start)
         if rec["status"] != "ok":
             return rec

@@ -56,7 +56,7 @@ def _tables(shards, schema: Schema, batch_bytes: int):
     parser = Parser(schema)
     for shard in shards:
         with open_shard(shard) as fh:
-            for batch in iter_line_batches(iter_chunks(fh, shard.path), batch_bytes):
+            for batch in iter_line_batches(iter_chunks(fh, shard.path, fill=True), batch_bytes):
                 yield parser.parse_batch(batch).table
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import bz2
 import glob as globlib
 import hashlib
+import io
 import logging
 import lzma
 import os
@@ -335,6 +336,34 @@ class _Reader:
         self.bytes_read += len(b or b"")
         return b or b""
 
+    def readinto(self, view: memoryview) -> int:
+        try:
+            n = self.fh.readinto(view)
+        except OSError as exc:
+            raise ShardError(f"read failed after {self.bytes_read} bytes: {exc}",
+                             self.path) from exc
+        self.bytes_read += n or 0
+        return n or 0
+
+
+class _Fill:
+    """A plain stream that ``iter_line_batches`` reads straight into each batch's own
+    buffer (``iter_chunks(..., fill=True)`` yields it as its only item)."""
+
+    def __init__(self, head: bytes, reader: _Reader, counter: list[int] | None):
+        self.head, self.reader, self.counter = head, reader, counter
+
+    def readinto(self, view: memoryview) -> int:
+        if self.head:
+            n = min(len(self.head), len(view))
+            view[:n] = self.head[:n]
+            self.head = self.head[n:]
+            return n
+        n = self.reader.readinto(view)
+        if self.counter is not None:
+            self.counter[0] = self.reader.bytes_read
+        return n
+
 
 def _between_members(codec: Codec, buf: bytes, reader: _Reader,
                      pad: int) -> tuple[bytes, int, bool]:
@@ -396,11 +425,14 @@ def _decode(codec: Codec, head: bytes, reader: _Reader) -> Iterator[bytes]:
 
 
 def iter_chunks(fh: BinaryIO, path: str, counter: list[int] | None = None,
-                codec: Codec | None = None) -> Iterator[bytes]:
+                codec: Codec | None = None, fill: bool = False) -> Iterator[bytes]:
     """Yield decompressed pieces of a raw shard stream, codec found by magic bytes.
 
     ``counter[0]`` (if given) is kept equal to the compressed bytes read so far.
     ``codec`` given: no detection (a part of a plain file may start with any bytes).
+    ``fill``: for ``iter_line_batches`` only; plain text from a local file or standard
+    input comes as one ``_Fill``, which it reads straight into its batches (no piece
+    joined to the next one: a copy of every byte, 5-9% of a plain run's CPU).
     """
     reader = _Reader(fh, path)
     head = reader.read()
@@ -410,6 +442,11 @@ def iter_chunks(fh: BinaryIO, path: str, counter: list[int] | None = None,
             break
         head += more
     codec = codec or detect_codec(head)
+    if fill and codec is PLAIN and isinstance(fh, (io.FileIO, io.BufferedReader)):
+        if counter is not None:
+            counter[0] = reader.bytes_read
+        yield _Fill(head, reader, counter)
+        return
     pieces = _plain(head, reader) if codec is PLAIN else _decode(codec, head, reader)
     for piece in pieces:
         if counter is not None:
@@ -447,6 +484,9 @@ def iter_line_batches(chunks: Iterator[bytes],
     pending: list[bytes] = []
     pending_len, line_no, offset = 0, 1, 0
     for chunk in chunks:
+        if type(chunk) is _Fill:  # the only item, when there is one
+            yield from _filled_batches(chunk, batch_bytes)
+            return
         pending.append(chunk)
         pending_len += len(chunk)
         if pending_len < batch_bytes:
@@ -465,3 +505,38 @@ def iter_line_batches(chunks: Iterator[bytes],
     data = b"".join(pending)
     if data:
         yield LineBatch(None, line_no, offset, data[:-1] if data.endswith(b"\n") else data)
+
+
+def _filled_batches(src: _Fill, batch_bytes: int) -> Iterator[LineBatch]:
+    """``iter_line_batches`` over plain text read straight into each batch's own buffer.
+
+    A batch's buffer holds the previous batch's unfinished last line, then as much of
+    the stream as fits; it is the batch's own (never refilled), like a joined piece.
+    """
+    from etl._scan import buffer  # not zeroed first: it is filled at once
+
+    rest, line_no, offset = b"", 1, 0
+    while True:
+        buf = buffer(len(rest) + max(batch_bytes, len(rest)))  # doubles for a long line
+        view = memoryview(buf)
+        view[:len(rest)] = rest
+        got = len(rest)
+        while got < len(buf):
+            n = src.readinto(view[got:])
+            if not n:
+                break
+            got += n
+        if got < len(buf):  # the end of the stream: the rest is the last batch
+            if got:
+                yield LineBatch(None, line_no, offset, view[:got - 1 if buf[got - 1] == 10
+                                                            else got])
+            return
+        cut = buf.rfind(b"\n", 0, got)
+        if cut < 0:  # one line longer than the buffer: keep reading
+            rest = bytes(view)
+            continue
+        batch = LineBatch(None, line_no, offset, view[:cut])
+        yield batch
+        line_no += batch.count
+        offset += cut + 1
+        rest = bytes(view[cut + 1:])

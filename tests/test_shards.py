@@ -12,6 +12,7 @@ import re
 import struct
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -593,6 +594,55 @@ def test_line_batches_of_real_compressed_ndjson(codec, path):
     data = path.read_bytes()
     raw = pack(codec, data)
     check_batches(iter_line_batches(iter_chunks(Trickle(raw, 37), path.name), 16), data)
+
+
+@pytest.mark.parametrize("batch_bytes", [1, 16, 1000, 1 << 20])
+@pytest.mark.parametrize("name", list(LINE_CASES))
+def test_plain_files_read_straight_into_their_batches(tmp_path, name, batch_bytes):
+    """A plain local file is read into each batch's own buffer (no pieces joined): the
+    same lines, numbers and offsets, every byte counted, and no batch's bytes changed by
+    the reading of the next ones."""
+    data = LINE_CASES[name]
+    path = tmp_path / "plain.ndjson"
+    path.write_bytes(data)
+    counter = [0]
+    with open(path, "rb", buffering=0) as fh:
+        chunks = iter_chunks(fh, str(path), counter, fill=True)
+        batches = list(iter_line_batches(chunks, batch_bytes))
+    check_batches(iter(batches), data)  # checked after all were read
+    assert counter[0] == len(data)
+    if data:
+        assert all(isinstance(b.raw, memoryview) for b in batches)
+
+
+def test_plain_standard_input_is_read_straight_into_batches_in_short_reads():
+    """A pipe hands out what it has: short reads fill a batch until it is full."""
+    data = b"".join(LINE_CASES[n] for n in ("small", "long-line", "crlf")) * 40
+    r, w = os.pipe()
+
+    def feed():
+        with os.fdopen(w, "wb", buffering=0) as out:
+            for i in range(0, len(data), 777):
+                out.write(data[i:i + 777])
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    with os.fdopen(r, "rb", buffering=0) as fh:
+        batches = list(iter_line_batches(iter_chunks(fh, "-", fill=True), 4096))
+    writer.join()
+    check_batches(iter(batches), data)
+    assert len(batches) > 1
+
+
+def test_only_plain_text_is_filled_and_only_when_asked(tmp_path):
+    data = LINE_CASES["small"]
+    for name, raw, fill, filled in (("p", data, True, True), ("p", data, False, False),
+                                    ("z", pack("zstd", data), True, False)):
+        path = tmp_path / name
+        path.write_bytes(raw)
+        with open(path, "rb", buffering=0) as fh:
+            first = next(iter_chunks(fh, str(path), fill=fill))
+        assert (type(first).__name__ == "_Fill") == filled, (name, fill)
 
 
 def test_line_batches_over_big_stream_offsets(big, big_packed):
