@@ -168,8 +168,8 @@ def tune_malloc() -> bool:
 
 
 def worker_start() -> None:
-    """Start-up of our local worker processes: tune malloc, and spare them pyarrow's pandas
-    import.
+    """Start-up of a process that reads shards (our local workers, and the CLI's own
+    process when it reads them itself): tune malloc, and spare it pyarrow's pandas import.
 
     pyarrow imports pandas (0.25 s, measured) at its first ``pa.array`` only to learn
     whether its input could be a pandas object; ingest tasks never pass one. Told once
