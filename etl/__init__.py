@@ -51,7 +51,8 @@ def ingest(inputs, schema, out, *, report=None, scheduler=None, batch_bytes=8 <<
         ``blank_lines``, ``rejects_by_reason``, ``bytes_in``, ``seconds``, ``shards``, ...
     """
     from etl.cli import _write_json
-    from etl.config import IngestConfig, default_scheduler
+    from etl.config import IngestConfig
+    from etl.workers import default_scheduler
     from etl.pipeline import run_ingest
     from etl.schema import Schema
 

@@ -178,12 +178,11 @@ def _ingest_once(args) -> int:
     for name, value in workers.PROCESS_ENV.items():  # before numpy and pyarrow load
         os.environ.setdefault(name, value)
 
-    in_here = args.scheduler in ("synchronous", "threads") or (
-        args.scheduler is None and (os.cpu_count() or 1) < 2)
-    if args.scheduler in (None, "processes") and not in_here:
+    scheduler = args.scheduler or workers.default_scheduler()
+    if scheduler == "processes":
         workers.start_early()  # its imports overlap with the ones below
-    if in_here:  # the shards are read in this process: start it as a worker starts
-        workers.worker_start()  # (pyarrow's first pa.array imported pandas: 0.3 s)
+    elif scheduler in ("synchronous", "threads"):  # the shards are read in this process:
+        workers.worker_start()  # start it as a worker starts (no pandas import: 0.3 s)
     try:
         return _ingest_started(args, workers.stop)
     finally:
@@ -191,7 +190,8 @@ def _ingest_once(args) -> int:
 
 
 def _ingest_started(args, done_with_workers) -> int:
-    from etl.config import IngestConfig, default_scheduler
+    from etl.config import IngestConfig
+    from etl.workers import default_scheduler
     from etl.pipeline import run_ingest
     from etl.report import exit_code, format_summary
     from etl.schema import load_schema
@@ -331,13 +331,15 @@ def _asks_for_local_workers(argv: list[str]) -> bool:
     arguments decide; a server they do not want is stopped."""
     if not argv or argv[0] not in ("ingest", "run") or "-h" in argv or "--help" in argv:
         return False
+    from etl import workers
+
     scheduler = None
     for i, arg in enumerate(argv):
         if arg == "--scheduler" and i + 1 < len(argv):
             scheduler = argv[i + 1]
         elif arg.startswith("--scheduler="):
             scheduler = arg.partition("=")[2]
-    return scheduler in (None, "processes") and (os.cpu_count() or 1) >= 2
+    return (scheduler or workers.default_scheduler()) == "processes"
 
 
 def run() -> None:
@@ -354,7 +356,7 @@ def run() -> None:
     if early:
         from etl import workers
 
-        workers.start_early()
+        workers.start_early()  # a no-op where a fork server cannot run
     try:
         code = main()
     finally:

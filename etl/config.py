@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from etl.schema import Schema
@@ -10,11 +9,6 @@ from etl.shards import BATCH_BYTES
 from etl.split import PART_BYTES
 
 SCHEDULERS = ("synchronous", "threads", "processes")
-
-
-def default_scheduler() -> str:
-    """Processes on 2+ cores (parsing holds the GIL), else synchronous."""
-    return "processes" if (os.cpu_count() or 1) >= 2 else "synchronous"
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,11 @@ SERVER_ENV = {SERVER_MARK: "1", **PROCESS_ENV}  # the fork server's: etl._preloa
 _server_failed = False  # the fork server would not start here: spawn from then on
 
 
+def default_scheduler() -> str:
+    """Processes on 2+ cores (parsing holds the GIL), else synchronous."""
+    return "processes" if (os.cpu_count() or 1) >= 2 else "synchronous"
+
+
 def context() -> str:
     """The start method for local worker processes."""
     usable = "forkserver" in multiprocessing.get_all_start_methods() and not _server_failed

@@ -26,6 +26,7 @@ from etl.shards import (
     OUT_CHUNK,
     READ_SIZE,
     Shard,
+    _Fill,
     codec_of,
     detect_codec,
     find_shards,
@@ -642,7 +643,7 @@ def test_only_plain_text_is_filled_and_only_when_asked(tmp_path):
         path.write_bytes(raw)
         with open(path, "rb", buffering=0) as fh:
             first = next(iter_chunks(fh, str(path), fill=fill))
-        assert (type(first).__name__ == "_Fill") == filled, (name, fill)
+        assert isinstance(first, _Fill) == filled, (name, fill)
 
 
 def test_line_batches_over_big_stream_offsets(big, big_packed):

@@ -96,6 +96,11 @@ def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def sql_str(text: str) -> str:
+    """A SQL string literal, single-quoted (DuckDB and Postgres alike)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 class Loader(ABC):
     """A destination: prepare the table, load units exactly once, answer counts, close.
 

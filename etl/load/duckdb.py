@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from etl.errors import LoadError, TransientLoadError
-from etl.load.base import Loader, LoadUnit, quote
+from etl.load.base import Loader, LoadUnit, quote, sql_str
 from etl.load.tables import upsert_sql
 from etl.schema import Schema
 from etl.storage import Folder
@@ -22,21 +22,17 @@ TRANSIENT = ("could not set lock", "conflicting lock", "transactioncontext error
 FILE, RANK = "_etl_file", "_etl_rank"  # prefixed: a field may well be called "filename"
 
 
-def _sql_str(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
-
-
 def source_sql(urls: list[str], cols: list[str], ranked: bool) -> str:
     """``read_parquet`` over ``urls``; ``ranked``: with each row's file rank (its index in
     ``urls``) and ``file_row_number``, the order in which later rows win."""
-    files = ", ".join(_sql_str(u) for u in urls)
+    files = ", ".join(sql_str(u) for u in urls)
     if not ranked:
         return f"read_parquet([{files}], union_by_name = true)"
     if "file_index" not in cols:  # DuckDB's virtual column: the file's index in the list
         return (f"(SELECT *, file_index AS {RANK} FROM read_parquet([{files}], "
                 f"union_by_name = true, file_row_number = true)) AS _etl_source")
     # a field called file_index hides the virtual column: rank the file names instead
-    ranks = ", ".join(f"({_sql_str(u)}, {i})" for i, u in enumerate(urls))
+    ranks = ", ".join(f"({sql_str(u)}, {i})" for i, u in enumerate(urls))
     return (f"read_parquet([{files}], union_by_name = true, filename = '{FILE}', "
             f"file_row_number = true) JOIN (VALUES {ranks}) AS _etl_order({FILE}, {RANK}) "
             f"USING ({FILE})")
@@ -146,6 +142,6 @@ def present_columns(con, urls: list[str], schema: Schema) -> list[str]:
     """The schema's fields present in any of the files (older files may lack new fields),
     in schema order: DuckDB reads the footers itself, in parallel."""
     names = {r[0] for r in con.execute(
-        f"DESCRIBE SELECT * FROM read_parquet([{', '.join(_sql_str(u) for u in urls)}], "
+        f"DESCRIBE SELECT * FROM read_parquet([{', '.join(sql_str(u) for u in urls)}], "
         "union_by_name = true, hive_partitioning = false)").fetchall()}
     return [f.name for f in schema.fields if f.name in names]

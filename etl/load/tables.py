@@ -6,7 +6,7 @@ own, or SQLAlchemy's for Postgres): no ORM metadata to build per run.
 
 from __future__ import annotations
 
-from etl.load.base import LOADS_TABLE
+from etl.load.base import LOADS_TABLE, sql_str
 from etl.schema import Schema
 
 # column type per schema type and database
@@ -45,9 +45,9 @@ def create_or_evolve(execute, rows, schema: Schema, dialect: str, quote) -> list
     """
     execute(table_ddl(schema, dialect, quote))
     execute(loads_ddl(dialect))
-    name = schema.name.replace("'", "''")
     existing = {r[0] for r in rows(
-        f"SELECT column_name FROM information_schema.columns WHERE table_name = '{name}' "
+        "SELECT column_name FROM information_schema.columns WHERE table_name = "
+        f"{sql_str(schema.name)} "
         "AND table_schema = current_schema()")}
     added = [f for f in schema.fields if f.name not in existing]
     for f in added:
