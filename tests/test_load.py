@@ -273,6 +273,51 @@ def test_postgres_copies_new_keys_straight_in_and_stages_the_rest(pg_url, tmp_pa
     assert len(loads(pg_url)) == len(manifest_files(out))
 
 
+def test_duckdb_builds_the_key_of_an_empty_table_after_its_rows(tmp_path, monkeypatch):
+    """Into an empty table keyed as etl made it, DuckDB inserts unkeyed and adds the key
+    at the end, in the same transaction: a repeated key fails the commit, and the
+    load ranks the rows at once (a TransactionContext error is otherwise transient)."""
+    from etl.load.duckdb import DuckDBLoader
+
+    merges = []
+    merge = DuckDBLoader._merge
+
+    def counting(self, con, schema, folder, urls, units, retry):
+        merges.append(retry)
+        return merge(self, con, schema, folder, urls, units, retry)
+    monkeypatch.setattr(DuckDBLoader, "_merge", counting)
+    schema = small_schema(tmp_path)
+    twice = ndjson(tmp_path / "in", "a.ndjson",
+                   [comment("k0", 1, 5), comment("k1", 2, 5), comment("k0", 3, 6)])
+    later = ndjson(tmp_path / "in", "b.ndjson", [comment("k1", 9, 9), comment("k2", 4, 5)])
+    url = f"duckdb:///{tmp_path}/w.duckdb"
+    report = ingest_and_load([twice], schema, tmp_path / "out", url)
+    assert merges == [False, True] and report["table_rows"] == 2
+    ingest_and_load([later], schema, tmp_path / "out", url)  # ON CONFLICT needs the key
+    assert scores(url) == {"k0": 3, "k1": 9, "k2": 4}
+    assert sql(url, "SELECT constraint_type, constraint_column_names FROM duckdb_constraints() "
+                    "WHERE table_name = 'comments' ORDER BY 1") == \
+        [("NOT NULL", ["id"]), ("PRIMARY KEY", ["id"])]
+
+
+def test_duckdb_keeps_an_empty_table_that_has_an_index_of_its_own(tmp_path):
+    """A table etl would make again to add its key last is left as it is when someone
+    else's index is on it: remaking the table would drop that index."""
+    schema = small_schema(tmp_path)
+    url = f"duckdb:///{tmp_path}/w.duckdb"
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute('CREATE TABLE comments ("id" VARCHAR, created_utc TIMESTAMPTZ, '
+                "subreddit VARCHAR, body VARCHAR, score BIGINT, retrieved_on TIMESTAMPTZ, "
+                "PRIMARY KEY (id))")
+    con.execute("CREATE INDEX by_score ON comments (score)")
+    con.close()
+    shard = ndjson(tmp_path / "in", "a.ndjson", [comment("k0", 1, 5), comment("k1", 2, 5)])
+    assert ingest_and_load([shard], schema, tmp_path / "out", url)["table_rows"] == 2
+    assert sql(url, "SELECT index_name FROM duckdb_indexes() WHERE table_name = 'comments'") \
+        == [("by_score",)]
+    assert scores(url) == {"k0": 1, "k1": 2}
+
+
 def test_batches_group_whole_units_up_to_a_row_count():
     units = [base.LoadUnit(f"s{i}", f"s{i}", "t", ((f"f{i}", n),))
              for i, n in enumerate([3, 3, 5, 1, 9])]
