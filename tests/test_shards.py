@@ -27,6 +27,7 @@ from etl.shards import (
     READ_SIZE,
     Shard,
     _Fill,
+    _ZstdFill,
     codec_of,
     detect_codec,
     find_shards,
@@ -64,15 +65,46 @@ def unpack_with_tool(codec: str, path: Path) -> subprocess.CompletedProcess:
     return subprocess.run([*UNPACK[codec], str(path)], capture_output=True, check=False)
 
 
+ERROR_KINDS = ("truncated", "trailing garbage", "padding", "corrupt")
+
+
+def filled(raw: bytes, path: str, batch_bytes: int = 1 << 16) -> bytes:
+    """``raw`` decoded through line batches with ``fill=True`` (zstd: straight into each
+    batch's buffer), back to the decoded bytes."""
+    batches = list(iter_line_batches(iter_chunks(io.BytesIO(raw), path, fill=True),
+                                     batch_bytes))
+    return b"".join(bytes(b.joined()) + b"\n" for b in batches)
+
+
+def both_ways(read_pieces, raw: bytes, path: str) -> bytes:
+    """The pieces ``read_pieces()`` gives, joined; checked against the batches the fill
+    path reads from ``raw``: the same bytes (up to the last LF), or the same kind of error."""
+    try:
+        data = b"".join(read_pieces())
+    except CorruptShardError as exc:
+        with pytest.raises(CorruptShardError) as other:
+            filled(raw, path)
+        kind = next(k for k in ERROR_KINDS if k in str(exc))
+        assert kind in str(other.value) and path in str(other.value), (exc, other.value)
+        raise
+    got = filled(raw, path)
+    assert got == (data if data.endswith(b"\n") or not data else data + b"\n")
+    return data
+
+
 def decode(raw: bytes, path: str = "mem.shard") -> bytes:
-    pieces = list(iter_chunks(io.BytesIO(raw), path))
-    assert all(0 < len(p) <= OUT_CHUNK for p in pieces)
-    return b"".join(pieces)
+    def read_pieces():
+        pieces = list(iter_chunks(io.BytesIO(raw), path))
+        assert all(0 < len(p) <= OUT_CHUNK for p in pieces)
+        return pieces
+    return both_ways(read_pieces, raw, path)
 
 
 def decode_file(path: Path) -> bytes:
-    with open_shard(Shard(str(path))) as fh:
-        return b"".join(iter_chunks(fh, str(path)))
+    def read_pieces():
+        with open_shard(Shard(str(path))) as fh:
+            return list(iter_chunks(fh, str(path)))
+    return both_ways(read_pieces, path.read_bytes(), str(path))
 
 
 class Trickle(io.RawIOBase):
@@ -635,15 +667,50 @@ def test_plain_standard_input_is_read_straight_into_batches_in_short_reads():
     assert len(batches) > 1
 
 
-def test_only_plain_text_is_filled_and_only_when_asked(tmp_path):
+def test_only_plain_text_and_zstd_are_filled_and_only_when_asked(tmp_path):
     data = LINE_CASES["small"]
-    for name, raw, fill, filled in (("p", data, True, True), ("p", data, False, False),
-                                    ("z", pack("zstd", data), True, False)):
+    for name, raw, fill, kind in (("p", data, True, _Fill), ("p", data, False, bytes),
+                                  ("z", pack("zstd", data), True, _ZstdFill),
+                                  ("z", pack("zstd", data), False, bytes),
+                                  ("g", pack("gzip", data), True, bytes)):
         path = tmp_path / name
         path.write_bytes(raw)
         with open(path, "rb", buffering=0) as fh:
             first = next(iter_chunks(fh, str(path), fill=fill))
-        assert isinstance(first, _Fill) == filled, (name, fill)
+        assert type(first) is kind, (name, fill)
+
+
+@pytest.mark.parametrize("batch_bytes", [1, 16, 1000, 1 << 20])
+@pytest.mark.parametrize("name", list(LINE_CASES))
+def test_zstd_is_decompressed_straight_into_its_batches(name, batch_bytes):
+    """zstd through libzstd's streaming API into each batch's own buffer: the same
+    lines, numbers and offsets, every compressed byte counted; in frames of every size."""
+    data = LINE_CASES[name]
+    step = max(97, len(data) // 40)  # frames that end inside lines and at their ends
+    for raw in (pack("zstd", data),
+                b"".join(pack("zstd", data[i:i + step]) for i in range(0, len(data), step))):
+        counter = [0]
+        chunks = iter_chunks(Trickle(raw, 1000), "z", counter, fill=True)
+        batches = list(iter_line_batches(chunks, batch_bytes))
+        check_batches(iter(batches), data)  # checked after all were read
+        assert counter[0] == len(raw)
+
+
+def test_zstd_fill_needs_the_whole_last_frame():
+    """The fill path's own end check: a stream cut anywhere in its last frame (even just
+    its 4-byte checksum) is truncated; a stream ending right after a frame is whole."""
+    require_tool("zstd")
+    data = b"".join(b'{"n":%d}\n' % i for i in range(3000))
+    one, two = (subprocess.run(["zstd", "-q", "-c", "--check"], input=part,
+                               capture_output=True, check=True).stdout
+                for part in (data[:20_000], data[20_000:]))
+    assert filled(one + two, "z") == data
+    for cut in (4, 5, len(two) // 2, len(two) - 4, len(two) - 1):
+        with pytest.raises(CorruptShardError, match="zstd stream is truncated"):
+            filled(one + two[:cut], "z")
+    for cut in (1, 3):  # shorter than a frame's magic: not a frame at all
+        with pytest.raises(CorruptShardError, match="trailing garbage"):
+            filled(one + two[:cut], "z")
 
 
 def test_line_batches_over_big_stream_offsets(big, big_packed):
