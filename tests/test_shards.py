@@ -28,6 +28,7 @@ from etl.shards import (
     Shard,
     _Fill,
     _ZstdFill,
+    _ZstdLib,
     codec_of,
     detect_codec,
     find_shards,
@@ -678,6 +679,16 @@ def test_only_plain_text_and_zstd_are_filled_and_only_when_asked(tmp_path):
         with open(path, "rb", buffering=0) as fh:
             first = next(iter_chunks(fh, str(path), fill=fill))
         assert type(first) is kind, (name, fill)
+
+
+def test_zstd_is_read_in_pieces_when_libzstd_is_not_exported(tmp_path, monkeypatch):
+    monkeypatch.setattr(_ZstdLib, "_loaded", [None])
+    data = LINE_CASES["small"]
+    path = tmp_path / "z"
+    path.write_bytes(pack("zstd", data))
+    with open(path, "rb", buffering=0) as fh:
+        pieces = list(iter_chunks(fh, str(path), fill=True))
+    assert all(type(p) is bytes for p in pieces) and b"".join(pieces) == data
 
 
 @pytest.mark.parametrize("batch_bytes", [1, 16, 1000, 1 << 20])
