@@ -399,8 +399,11 @@ static inline int find_key(const Spec *s, ptr p, Py_ssize_t n)
     }
 }
 
-/* One line [p, end): its status; for KEPT, tok[k]/tokend[k] (NULL: key absent). */
-static int scan_line(ptr p, ptr end, const Spec *s, ptr *tok, ptr *tokend)
+/* One line from p, the batch ending at end: its status; for KEPT and FILTERED, *stop is
+ * the line's end (its LF, or end); for KEPT, tok[k]/tokend[k] (NULL: key absent).
+ * No skip above crosses an LF (strings stop at control characters), so the line's end
+ * is found by the walk itself: no memchr pass over the line first (2% of a run's CPU). */
+static int scan_line(ptr p, ptr end, const Spec *s, ptr *tok, ptr *tokend, ptr *stop)
 {
     int filter_plain = 0;
     for (int k = 0; k < s->nkeys; k++)
@@ -453,8 +456,10 @@ static int scan_line(ptr p, ptr end, const Spec *s, ptr *tok, ptr *tokend)
         p = skip_ws(p + 1, end);
     }
 done:
-    if (skip_ws(p, end) != end)
+    p = skip_ws(p, end);
+    if (p < end && *p != '\n')
         return UNSURE;
+    *stop = p;
     if (s->filter_key < 0)
         return KEPT;
     if (!filter_plain)
@@ -566,11 +571,11 @@ static PyObject *scan(PyObject *self, PyObject *args)
         Py_ssize_t row = 0; /* kept rows so far */
         Py_BEGIN_ALLOW_THREADS
         for (;;) {
-            ptr stop = memchr(line, '\n', end - line);
-            if (!stop)
-                stop = end;
+            ptr stop = NULL;
             int64_t at = line - data;
-            unsigned char st = (unsigned char)scan_line(line, stop, &s, tok, tokend);
+            unsigned char st = (unsigned char)scan_line(line, end, &s, tok, tokend, &stop);
+            if (st == UNSURE && !(stop = memchr(line, '\n', end - line)))
+                stop = end;
             if (buf_put(&starts, &at, sizeof(at)) < 0 || buf_put(&status, &st, 1) < 0) {
                 kept = -1;
                 break;
