@@ -384,9 +384,16 @@ class _ZstdLib:
 
     def __init__(self, path: str):
         lib = ctypes.CDLL(path)
-        self.create, self.free = lib.ZSTD_createDCtx, lib.ZSTD_freeDCtx
-        self.create.restype, self.create.argtypes = ctypes.c_void_p, []
+        self.free = lib.ZSTD_freeDCtx
         self.free.argtypes = [ctypes.c_void_p]
+        self.windows = _Windows.make()
+        if self.windows:  # libzstd's experimental API, exported by this build
+            made = lib.ZSTD_createDCtx_advanced
+            made.restype, made.argtypes = ctypes.c_void_p, [_Windows.CustomMem]
+            self.create = lambda: made(self.windows.mem)
+        else:
+            self.create = lib.ZSTD_createDCtx
+            self.create.restype, self.create.argtypes = ctypes.c_void_p, []
         self.set = lib.ZSTD_DCtx_setParameter
         self.set.restype, self.set.argtypes = ctypes.c_size_t, [ctypes.c_void_p, ctypes.c_int,
                                                                 ctypes.c_int]
@@ -409,6 +416,80 @@ class _ZstdLib:
         return cls._loaded[0]
 
 
+class _Windows:
+    """libzstd's allocator in a process that reads zstd: its small allocations from
+    malloc, and its big ones (the buffer behind a window, as big as the shard with
+    ``--long=31``) in a mapping of our own that outlives the decoder. The next frame or
+    shard takes it back, grown in place if it needs more, instead of faulting in a new
+    one: 4 KiB at a time, that costs about 0.1 s of system time per 275 MB. From
+    malloc, that reuse depended on where the heap had room (measured: sometimes two
+    windows at once, 710 against 497 MiB, and every shard of a run faulting its own).
+    At most one spare is kept: no more than the biggest window it has read."""
+
+    BIG = 32 << 20
+    Alloc = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+    Free = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
+
+    class CustomMem(ctypes.Structure):  # ZSTD_customMem
+        _fields_ = [("alloc", ctypes.c_void_p), ("free", ctypes.c_void_p),
+                    ("opaque", ctypes.c_void_p)]
+
+    @classmethod
+    def make(cls) -> _Windows | None:
+        if not sys.platform.startswith("linux"):  # mremap, and the flag values below
+            return None
+        libc = ctypes.CDLL(None, use_errno=True)
+        return cls(libc) if hasattr(libc, "mremap") else None
+
+    def __init__(self, libc):
+        self.malloc, self.cfree = libc.malloc, libc.free
+        self.malloc.restype, self.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+        self.cfree.argtypes = [ctypes.c_void_p]
+        self.mmap, self.mremap, self.munmap = libc.mmap, libc.mremap, libc.munmap
+        self.mmap.restype = self.mremap.restype = ctypes.c_void_p
+        self.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_int, ctypes.c_long]
+        self.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int]
+        self.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        self.live: dict[int, int] = {}  # address -> size of the big buffers handed out
+        self.spare: tuple[int, int] | None = None
+        self.callbacks = (self.Alloc(self._alloc), self.Free(self._free))  # kept alive
+        self.mem = self.CustomMem(ctypes.cast(self.callbacks[0], ctypes.c_void_p),
+                                  ctypes.cast(self.callbacks[1], ctypes.c_void_p), None)
+
+    def _alloc(self, _opaque, size: int) -> int | None:
+        if size < self.BIG:
+            return self.malloc(size)
+        spare, self.spare = self.spare, None
+        failed = ctypes.c_void_p(-1).value  # MAP_FAILED
+        if spare and spare[1] >= size:
+            addr, size = spare
+        elif spare:  # grown in place when it can be, else moved: its pages come along
+            addr = self.mremap(spare[0], spare[1], size, 1)  # MREMAP_MAYMOVE
+            if addr == failed:
+                self.munmap(*spare)
+        else:
+            addr = failed
+        if addr == failed:  # PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS
+            addr = self.mmap(None, size, 3, 0x22, -1, 0)
+            if addr == failed:
+                return None  # libzstd reports a memory allocation error
+        self.live[addr] = size
+        return addr
+
+    def _free(self, _opaque, addr: int | None) -> None:
+        size = self.live.pop(addr, None) if addr else None
+        if size is None:
+            self.cfree(addr)
+            return
+        if self.spare:  # keep the bigger one
+            keep, drop = sorted((self.spare, (addr, size)), key=lambda m: m[1])[::-1]
+            self.munmap(*drop)
+            self.spare = keep
+        else:
+            self.spare = (addr, size)
+
+
 class _ZstdFill(_Fill):
     """A zstd stream that ``iter_line_batches`` has decompressed straight into each
     batch's own buffer: no decompressed piece to make, then join (the same checks as
@@ -422,14 +503,19 @@ class _ZstdFill(_Fill):
         if not self.dctx:
             raise MemoryError("ZSTD_createDCtx failed")
         lib.set(self.dctx, lib.WINDOW_LOG_MAX, ZSTD_WINDOW_LOG_MAX)
-        self.inp, self.out = lib.Buffer(), lib.Buffer()
+        self.inp, self.out, self.done = lib.Buffer(), lib.Buffer(), False
         self._take(head)
-        self.in_frame, self.done = True, False
 
-    def __del__(self) -> None:
+    def close(self) -> None:
+        """Free the decoder, and with it its window (as big as the shard with --long=31):
+        at the end of the stream, not whenever the last reference goes, so that the next
+        shard's window can reuse the memory (measured: two windows at once otherwise)."""
+        self.done = True
         if getattr(self, "dctx", None):
             self.lib.free(self.dctx)
             self.dctx = None
+
+    __del__ = close
 
     def _take(self, data: bytes) -> None:
         self.data = data  # kept alive while libzstd reads it
@@ -463,9 +549,12 @@ class _ZstdFill(_Fill):
                     if self.counter is not None:
                         self.counter[0] = reader.bytes_read
                     if not more:
-                        self.done = True
+                        self.close()
                         break
                     self._take(rest)
+        except BaseException:
+            self.close()  # a damaged stream reads no further
+            raise
         finally:
             del target  # the buffer's export ends here
         return out.pos

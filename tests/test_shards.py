@@ -29,6 +29,7 @@ from etl.shards import (
     _Fill,
     _ZstdFill,
     _ZstdLib,
+    _Windows,
     codec_of,
     detect_codec,
     find_shards,
@@ -679,6 +680,39 @@ def test_only_plain_text_and_zstd_are_filled_and_only_when_asked(tmp_path):
         with open(path, "rb", buffering=0) as fh:
             first = next(iter_chunks(fh, str(path), fill=fill))
         assert type(first) is kind, (name, fill)
+
+
+def test_zstd_keeps_one_window_for_the_next_stream_and_grows_it_in_place(monkeypatch):
+    """A window's buffer is mapped by _Windows and kept when its decoder is freed; the
+    next stream takes it back (the same mapping), a bigger window grows it, and one
+    spare at most is kept."""
+    require_tool("zstd")
+    monkeypatch.setattr(_ZstdLib, "_loaded", [])  # a fresh allocator for this test
+    data = LINE_CASES["small"]
+
+    def packed(window_log: int) -> bytes:  # from a pipe: no content size in the header,
+        return subprocess.run(  # so the decoder takes the whole window
+            ["zstd", "-q", "-c", f"--long={window_log}"], input=data, capture_output=True,
+            check=True).stdout
+
+    windows = _ZstdLib.get().windows
+    assert windows is not None and windows.spare is None
+    assert filled(packed(26), "a") == data
+    addr, size = windows.spare
+    assert size >= 64 << 20 and not windows.live
+    assert filled(packed(26), "b") == data
+    assert windows.spare == (addr, size)  # taken back, not mapped anew
+    assert filled(packed(27), "c") == data
+    assert windows.spare[1] >= 128 << 20 and not windows.live  # grown, the old one gone
+    assert filled(packed(26), "d") == data and windows.spare[1] >= 128 << 20
+
+
+def test_zstd_decodes_on_malloc_where_windows_cannot_be_mapped(monkeypatch):
+    monkeypatch.setattr(_ZstdLib, "_loaded", [])
+    monkeypatch.setattr(_Windows, "make", classmethod(lambda cls: None))
+    data = LINE_CASES["small"]
+    assert _ZstdLib.get().windows is None
+    assert filled(pack("zstd", data), "z") == data
 
 
 def test_zstd_is_read_in_pieces_when_libzstd_is_not_exported(tmp_path, monkeypatch):
