@@ -27,6 +27,7 @@ import os
 import re
 import stat
 import sys
+import threading
 import zlib
 from dataclasses import dataclass
 from functools import cached_property
@@ -453,6 +454,7 @@ class _Windows:
         self.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
         self.live: dict[int, int] = {}  # address -> size of the big buffers handed out
         self.spare: tuple[int, int] | None = None
+        self.lock = threading.Lock()  # decoders in threads (the threads scheduler, dask's)
         self.callbacks = (self.Alloc(self._alloc), self.Free(self._free))  # kept alive
         self.mem = self.CustomMem(ctypes.cast(self.callbacks[0], ctypes.c_void_p),
                                   ctypes.cast(self.callbacks[1], ctypes.c_void_p), None)
@@ -460,6 +462,10 @@ class _Windows:
     def _alloc(self, _opaque, size: int) -> int | None:
         if size < self.BIG:
             return self.malloc(size)
+        with self.lock:
+            return self._map(size)
+
+    def _map(self, size: int) -> int | None:
         spare, self.spare = self.spare, None
         failed = ctypes.c_void_p(-1).value  # MAP_FAILED
         if spare and spare[1] >= size:
@@ -478,10 +484,14 @@ class _Windows:
         return addr
 
     def _free(self, _opaque, addr: int | None) -> None:
-        size = self.live.pop(addr, None) if addr else None
-        if size is None:
-            self.cfree(addr)
-            return
+        with self.lock:
+            size = self.live.pop(addr, None) if addr else None
+            if size is not None:
+                self._keep(addr, size)
+                return
+        self.cfree(addr)
+
+    def _keep(self, addr: int, size: int) -> None:
         if self.spare:  # keep the bigger one
             keep, drop = sorted((self.spare, (addr, size)), key=lambda m: m[1])[::-1]
             self.munmap(*drop)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import fsspec
@@ -705,6 +706,11 @@ def test_zstd_keeps_one_window_for_the_next_stream_and_grows_it_in_place(monkeyp
     assert filled(packed(27), "c") == data
     assert windows.spare[1] >= 128 << 20 and not windows.live  # grown, the old one gone
     assert filled(packed(26), "d") == data and windows.spare[1] >= 128 << 20
+    # decoders in threads at once (the threads scheduler): each gets a window of its own
+    streams = [packed(26), packed(27)] * 3
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(lambda raw: filled(raw, "t", 4096), streams)) == [data] * 6
+    assert not windows.live and windows.spare[1] >= 128 << 20
 
 
 def test_zstd_decodes_on_malloc_where_windows_cannot_be_mapped(monkeypatch):
