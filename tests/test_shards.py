@@ -649,6 +649,8 @@ def test_plain_files_read_straight_into_their_batches(tmp_path, name, batch_byte
     assert counter[0] == len(data)
     if data:
         assert all(isinstance(b.raw, memoryview) for b in batches)
+        # buffers in whole MiBs, so that each fits where an earlier one was freed
+        assert all(len(b.raw.obj) % (1 << 20) == 0 for b in batches)
 
 
 def test_plain_standard_input_is_read_straight_into_batches_in_short_reads():
