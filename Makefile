@@ -63,7 +63,7 @@ chaos: setup
 test-quick: setup
 	$(BIN)/pytest -q -m "not slow"
 
-## Benchmarks (~13 min; the first run builds 1.1 GB of data in bench/data/); writes bench/RESULTS.md
+## Benchmarks (6 to 12 min; the first run builds 1.1 GB of data in bench/data/); writes bench/RESULTS.md
 bench: setup
 	$(BIN)/python -c "import polars" 2>/dev/null || $(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run.py
