@@ -17,7 +17,6 @@ trailing garbage and fails the shard (the xz tool's rule, applied to all).
 from __future__ import annotations
 
 import bz2
-import ctypes
 import glob as globlib
 import hashlib
 import io
@@ -27,7 +26,6 @@ import os
 import re
 import stat
 import sys
-import threading
 import zlib
 from dataclasses import dataclass
 from functools import cached_property
@@ -370,206 +368,6 @@ class _Fill:
         return n
 
 
-class _ZstdLib:
-    """The few calls of libzstd's streaming API that ``_ZstdFill`` makes, through ctypes,
-    on the libzstd that backports.zstd carries and exports (no second copy to build or
-    install). ``_ZstdLib.get()``: None when that library does not export them (then zstd
-    is read in pieces through backports.zstd, as before)."""
-
-    class Buffer(ctypes.Structure):  # ZSTD_inBuffer and ZSTD_outBuffer: the same layout
-        _fields_ = [("ptr", ctypes.c_void_p), ("size", ctypes.c_size_t),
-                    ("pos", ctypes.c_size_t)]
-
-    WINDOW_LOG_MAX = 100  # ZSTD_d_windowLogMax, a stable parameter
-    _loaded: list = []
-
-    def __init__(self, path: str):
-        lib = ctypes.CDLL(path)
-        self.free = lib.ZSTD_freeDCtx
-        self.free.argtypes = [ctypes.c_void_p]
-        self.windows = _Windows.make()
-        if self.windows:  # libzstd's experimental API, exported by this build
-            made = lib.ZSTD_createDCtx_advanced
-            made.restype, made.argtypes = ctypes.c_void_p, [_Windows.CustomMem]
-            self.create = lambda: made(self.windows.mem)
-        else:
-            self.create = lib.ZSTD_createDCtx
-            self.create.restype, self.create.argtypes = ctypes.c_void_p, []
-        self.set = lib.ZSTD_DCtx_setParameter
-        self.set.restype, self.set.argtypes = ctypes.c_size_t, [ctypes.c_void_p, ctypes.c_int,
-                                                                ctypes.c_int]
-        buf = ctypes.POINTER(self.Buffer)
-        self.stream = lib.ZSTD_decompressStream
-        self.stream.restype, self.stream.argtypes = ctypes.c_size_t, [ctypes.c_void_p, buf, buf]
-        self.is_error = lib.ZSTD_isError
-        self.is_error.restype, self.is_error.argtypes = ctypes.c_uint, [ctypes.c_size_t]
-        self.error_name = lib.ZSTD_getErrorName
-        self.error_name.restype, self.error_name.argtypes = ctypes.c_char_p, [ctypes.c_size_t]
-
-    @classmethod
-    def get(cls) -> _ZstdLib | None:
-        if not cls._loaded:
-            from backports.zstd import _zstd
-            try:
-                cls._loaded.append(cls(_zstd.__file__))
-            except (OSError, AttributeError):  # not a shared library, or not exported
-                cls._loaded.append(None)
-        return cls._loaded[0]
-
-
-class _Windows:
-    """libzstd's allocator in a process that reads zstd: its small allocations from
-    malloc, and its big ones (the buffer behind a window, as big as the shard with
-    ``--long=31``) in a mapping of our own that outlives the decoder. The next frame or
-    shard takes it back, grown in place if it needs more, instead of faulting in a new
-    one: 4 KiB at a time, that costs about 0.1 s of system time per 275 MB. From
-    malloc, that reuse depended on where the heap had room (measured: sometimes two
-    windows at once, 710 against 497 MiB, and every shard of a run faulting its own).
-    At most one spare is kept: no more than the biggest window it has read."""
-
-    BIG = 32 << 20
-    Alloc = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
-    Free = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
-
-    class CustomMem(ctypes.Structure):  # ZSTD_customMem
-        _fields_ = [("alloc", ctypes.c_void_p), ("free", ctypes.c_void_p),
-                    ("opaque", ctypes.c_void_p)]
-
-    @classmethod
-    def make(cls) -> _Windows | None:
-        if not sys.platform.startswith("linux"):  # mremap, and the flag values below
-            return None
-        libc = ctypes.CDLL(None, use_errno=True)
-        return cls(libc) if hasattr(libc, "mremap") else None
-
-    def __init__(self, libc):
-        self.malloc, self.cfree = libc.malloc, libc.free
-        self.malloc.restype, self.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-        self.cfree.argtypes = [ctypes.c_void_p]
-        self.mmap, self.mremap, self.munmap = libc.mmap, libc.mremap, libc.munmap
-        self.mmap.restype = self.mremap.restype = ctypes.c_void_p
-        self.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                              ctypes.c_int, ctypes.c_long]
-        self.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int]
-        self.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-        self.live: dict[int, int] = {}  # address -> size of the big buffers handed out
-        self.spare: tuple[int, int] | None = None
-        self.lock = threading.Lock()  # decoders in threads (the threads scheduler, dask's)
-        self.callbacks = (self.Alloc(self._alloc), self.Free(self._free))  # kept alive
-        self.mem = self.CustomMem(ctypes.cast(self.callbacks[0], ctypes.c_void_p),
-                                  ctypes.cast(self.callbacks[1], ctypes.c_void_p), None)
-
-    def _alloc(self, _opaque, size: int) -> int | None:
-        if size < self.BIG:
-            return self.malloc(size)
-        with self.lock:
-            return self._map(size)
-
-    def _map(self, size: int) -> int | None:
-        spare, self.spare = self.spare, None
-        failed = ctypes.c_void_p(-1).value  # MAP_FAILED
-        if spare and spare[1] >= size:
-            addr, size = spare
-        elif spare:  # grown in place when it can be, else moved: its pages come along
-            addr = self.mremap(spare[0], spare[1], size, 1)  # MREMAP_MAYMOVE
-            if addr == failed:
-                self.munmap(*spare)
-        else:
-            addr = failed
-        if addr == failed:  # PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS
-            addr = self.mmap(None, size, 3, 0x22, -1, 0)
-            if addr == failed:
-                return None  # libzstd reports a memory allocation error
-        self.live[addr] = size
-        return addr
-
-    def _free(self, _opaque, addr: int | None) -> None:
-        with self.lock:
-            size = self.live.pop(addr, None) if addr else None
-            if size is not None:
-                self._keep(addr, size)
-                return
-        self.cfree(addr)
-
-    def _keep(self, addr: int, size: int) -> None:
-        if self.spare:  # keep the bigger one
-            keep, drop = sorted((self.spare, (addr, size)), key=lambda m: m[1])[::-1]
-            self.munmap(*drop)
-            self.spare = keep
-        else:
-            self.spare = (addr, size)
-
-
-class _ZstdFill(_Fill):
-    """A zstd stream that ``iter_line_batches`` has decompressed straight into each
-    batch's own buffer: no decompressed piece to make, then join (the same checks as
-    ``_decode``: frames one after another, nothing but frames after the last one, and a
-    stream that ends inside a frame is truncated)."""
-
-    def __init__(self, head: bytes, reader: _Reader, counter: list[int] | None,
-                 lib: _ZstdLib):
-        super().__init__(b"", reader, counter)
-        self.lib, self.dctx = lib, lib.create()
-        if not self.dctx:
-            raise MemoryError("ZSTD_createDCtx failed")
-        lib.set(self.dctx, lib.WINDOW_LOG_MAX, ZSTD_WINDOW_LOG_MAX)
-        self.inp, self.out, self.done = lib.Buffer(), lib.Buffer(), False
-        self._take(head)
-
-    def close(self) -> None:
-        """Free the decoder, and with it its window (as big as the shard with --long=31):
-        at the end of the stream, not whenever the last reference goes, so that the next
-        shard's window can reuse the memory (measured: two windows at once otherwise)."""
-        self.done = True
-        if getattr(self, "dctx", None):
-            self.lib.free(self.dctx)
-            self.dctx = None
-
-    __del__ = close
-
-    def _take(self, data: bytes) -> None:
-        self.data = data  # kept alive while libzstd reads it
-        self.inp.ptr = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p)
-        self.inp.size, self.inp.pos = len(data), 0
-
-    def readinto(self, view: memoryview) -> int:
-        if self.done or not len(view):
-            return 0
-        target = (ctypes.c_char * len(view)).from_buffer(view)
-        out, inp, lib, reader = self.out, self.inp, self.lib, self.reader
-        out.ptr, out.size, out.pos = ctypes.addressof(target), len(view), 0
-        try:
-            while out.pos < out.size:
-                if inp.pos == inp.size:
-                    data = reader.read()
-                    if self.counter is not None:
-                        self.counter[0] = reader.bytes_read
-                    if not data:
-                        raise CorruptShardError(
-                            "zstd stream is truncated: input ended inside a compressed member "
-                            f"after {reader.bytes_read} compressed bytes", reader.path)
-                    self._take(data)
-                ret = lib.stream(self.dctx, out, inp)
-                if lib.is_error(ret):
-                    raise CorruptShardError(
-                        f"corrupt zstd data near compressed byte {reader.bytes_read}: "
-                        f"{lib.error_name(ret).decode()}", reader.path)
-                if ret == 0:  # a frame ended, all of it written: another, or the end
-                    rest, _, more = _between_members(ZSTD, self.data[inp.pos:], reader, 0)
-                    if self.counter is not None:
-                        self.counter[0] = reader.bytes_read
-                    if not more:
-                        self.close()
-                        break
-                    self._take(rest)
-        except BaseException:
-            self.close()  # a damaged stream reads no further
-            raise
-        finally:
-            del target  # the buffer's export ends here
-        return out.pos
-
-
 def _between_members(codec: Codec, buf: bytes, reader: _Reader,
                      pad: int) -> tuple[bytes, int, bool]:
     """Consume padding after a member; say whether another member starts in ``buf``.
@@ -638,8 +436,8 @@ def iter_chunks(fh: BinaryIO, path: str, counter: list[int] | None = None,
     ``fill``: for ``iter_line_batches`` only; plain text from a local file or standard
     input comes as one ``_Fill``, which it reads straight into its batches: no piece is
     joined to the next one (memmove 6.3% of a plain run's CPU down to 3.8%, perf); zstd
-    from anywhere as one ``_ZstdFill``, which decompresses straight into them (memmove
-    12.2% of a zst run's CPU down to 7.7%, and 7% fewer CPU samples, perf).
+    from anywhere as one ``etl.libzstd.ZstdFill``, which decompresses straight into
+    them (memmove 12.2% of a zst run's CPU down to 7.7%, 7% fewer CPU samples, perf).
     """
     reader = _Reader(fh, path)
     head = reader.read()
@@ -654,11 +452,14 @@ def iter_chunks(fh: BinaryIO, path: str, counter: list[int] | None = None,
             counter[0] = reader.bytes_read
         yield _Fill(head, reader, counter)
         return
-    if fill and codec is ZSTD and (lib := _ZstdLib.get()):
-        if counter is not None:
-            counter[0] = reader.bytes_read
-        yield _ZstdFill(head, reader, counter, lib)
-        return
+    if fill and codec is ZSTD:
+        from etl.libzstd import Libzstd, ZstdFill  # it builds on this module
+
+        if lib := Libzstd.get():
+            if counter is not None:
+                counter[0] = reader.bytes_read
+            yield ZstdFill(head, reader, counter, lib)
+            return
     pieces = _plain(head, reader) if codec is PLAIN else _decode(codec, head, reader)
     for piece in pieces:
         if counter is not None:
