@@ -137,12 +137,12 @@ class Windows:
         self.cfree(addr)
 
     def _keep(self, addr: int, size: int) -> None:
+        freed = (addr, size)
         if self.spare:  # keep the bigger one
-            keep, drop = sorted((self.spare, (addr, size)), key=lambda m: m[1])[::-1]
+            keep, drop = (self.spare, freed) if self.spare[1] >= size else (freed, self.spare)
             self.munmap(*drop)
-            self.spare = keep
-        else:
-            self.spare = (addr, size)
+            freed = keep
+        self.spare = freed
 
 
 class ZstdFill(_Fill):
@@ -187,8 +187,7 @@ class ZstdFill(_Fill):
             while out.pos < out.size:
                 if inp.pos == inp.size:
                     data = reader.read()
-                    if self.counter is not None:
-                        self.counter[0] = reader.bytes_read
+                    self._tally()
                     if not data:
                         raise CorruptShardError(
                             "zstd stream is truncated: input ended inside a compressed member "
@@ -201,8 +200,7 @@ class ZstdFill(_Fill):
                         f"{lib.error_name(ret).decode()}", reader.path)
                 if ret == 0:  # a frame ended, all of it written: another, or the end
                     rest, _, more = _between_members(ZSTD, self.data[inp.pos:], reader, 0)
-                    if self.counter is not None:
-                        self.counter[0] = reader.bytes_read
+                    self._tally()
                     if not more:
                         self.close()
                         break

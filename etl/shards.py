@@ -363,9 +363,13 @@ class _Fill:
             self.head = self.head[n:]
             return n
         n = self.reader.readinto(view)
+        self._tally()
+        return n
+
+    def _tally(self) -> None:
+        """Keep ``counter[0]`` (if given) equal to the compressed bytes read so far."""
         if self.counter is not None:
             self.counter[0] = self.reader.bytes_read
-        return n
 
 
 def _between_members(codec: Codec, buf: bytes, reader: _Reader,
@@ -521,7 +525,8 @@ def iter_line_batches(chunks: Iterator[bytes],
 
 
 def _filled_batches(src: _Fill, batch_bytes: int) -> Iterator[LineBatch]:
-    """``iter_line_batches`` over plain text read straight into each batch's own buffer.
+    """``iter_line_batches`` over a stream read (plain text) or decompressed (zstd)
+    straight into each batch's own buffer.
 
     A batch's buffer holds the previous batch's unfinished last line, then as much of
     the stream as fits; it is the batch's own (never refilled), like a joined piece.

@@ -151,17 +151,15 @@ def tune_malloc() -> bool:
     """Keep glibc's malloc from handing a worker's big buffers back to the kernel each time.
 
     A worker allocates and frees the same big buffers over and over: 4 MiB decompressed
-    pieces, 8 MiB line batches, and for each shard of a long-window zstd dump a window
-    as big as the shard (275 MB on the bench). By default glibc maps each afresh and
-    trims its heap often, so the kernel zeroes the same pages again: half of a zst
-    run's page faults, 0.1-0.15 s of system time over 1.1 GB, and for ``--long=31`` zst
-    one fault per 4 KiB of every window (measured). Now everything comes from the heap
+    pieces, 8 MiB line batches. By default glibc maps each afresh and trims its heap
+    often, so the kernel zeroes the same pages again: half of a zst run's page faults,
+    0.1-0.15 s of system time over 1.1 GB (measured). Now everything comes from the heap
     (no mmap), and the heap is never trimmed: a worker keeps the memory it has grown to,
-    its own high-water mark, which is the bound anyway, and its next shard reuses it
-    (4 long-window shards on 2 workers: 342k page faults down to 208k, 1.0 s of system
-    time down to 0.7). Arrow's memory (jemalloc) and Python's small objects are not
-    glibc's and stay as they were. A no-op where the C library has no ``mallopt``; True
-    when applied.
+    its own high-water mark, which is the bound anyway, and its next shard reuses it.
+    (A zstd window as big as the shard, with ``--long=31``, is not glibc's either: see
+    ``etl.libzstd.Windows``, unless zstd is read through backports.zstd.) Arrow's memory
+    (jemalloc) and Python's small objects are not glibc's and stay as they were. A
+    no-op where the C library has no ``mallopt``; True when applied.
     """
     import ctypes
 
