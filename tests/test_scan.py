@@ -220,6 +220,24 @@ def test_many_keys():
                                                     for i in range(1024)]
 
 
+def test_keys_told_apart_by_length_and_first_byte_or_by_hash():
+    """The scanner sorts keys by length and first byte before any hash: keys that share
+    both, keys of 63 bytes or more, the empty key, a needed key past the 254th, and
+    keys one byte away from a needed one must all read as orjson reads them."""
+    needed = [b"score", b"scare", b"", b"a" * 63, b"a" * 70, b"a" * 71, b"b" * 100,
+              *(b"pad%d" % i for i in range(260)), b"zq"]
+    seen = [b"score", b"scorf", b"scare", b"sxore", b"", b"a" * 63, b"a" * 64, b"a" * 70,
+            b"a" * 71, b"b" * 100, b"b" * 99, b"pad259", b"pad260", b"zq", b"zr", b"z"]
+    lines = [b"{" + b",".join(b'"%s":%d' % (k, i) for i, k in enumerate(ks)) + b"}"
+             for ks in (seen, seen[::-1], seen[::2], seen[1::3])]
+    status, _, arrays = _scan.scan(b"\n".join(lines), tuple(needed), -1, (), False)
+    assert status == bytes([KEPT] * len(lines))
+    got = [orjson.loads(a) for a in arrays]
+    for row, line in enumerate(lines):
+        want = orjson.loads(line)
+        assert [col[row] for col in got] == [want.get(k.decode()) for k in needed]
+
+
 ESCAPES = [b'"plain"', b'""', b'"\\"\\\\\\/\\b\\f\\n\\r\\t"', b'"\\u0000\\u001f\\u00e9\\u20ac"',
            b'"\\ud83d\\ude00 and \\uD834\\uDD1E"', "\"é€😀 raw\"".encode(), b'"a\\u0041b"',
            b"null", b"1", b"-0.5", b"true", b"false", b"[1,\"x\"]", b'{"a":"\\n"}', b"{}", b"[]"]
