@@ -13,8 +13,7 @@ import ctypes
 import sys
 import threading
 
-from etl.errors import CorruptShardError
-from etl.shards import ZSTD, ZSTD_WINDOW_LOG_MAX, _between_members, _Fill, _Reader
+from etl.shards import ZSTD, ZSTD_WINDOW_LOG_MAX, _DecoderFill, _Reader
 
 
 class Libzstd:
@@ -145,26 +144,26 @@ class Windows:
         self.spare = freed
 
 
-class ZstdFill(_Fill):
+class ZstdFill(_DecoderFill):
     """A zstd stream that ``iter_line_batches`` has decompressed straight into each
-    batch's own buffer: no decompressed piece to make, then join (the same checks as
-    ``_decode``: frames one after another, nothing but frames after the last one, and a
-    stream that ends inside a frame is truncated)."""
+    batch's own buffer (frames one after another, skippable ones too)."""
+
+    codec = ZSTD
 
     def __init__(self, head: bytes, reader: _Reader, counter: list[int] | None,
                  lib: Libzstd):
-        super().__init__(b"", reader, counter)
+        super().__init__(reader, counter)
         self.lib, self.dctx = lib, lib.create()
         if not self.dctx:
             raise MemoryError("ZSTD_createDCtx failed")
         lib.set(self.dctx, lib.WINDOW_LOG_MAX, ZSTD_WINDOW_LOG_MAX)
-        self.inp, self.out, self.done = lib.Buffer(), lib.Buffer(), False
+        self.inp, self.out = lib.Buffer(), lib.Buffer()
         self._take(head)
 
     def close(self) -> None:
-        """Free the decoder, and with it its window (as big as the shard with --long=31):
-        at the end of the stream, not whenever the last reference goes, so that the next
-        shard's window can reuse the memory (measured: two windows at once otherwise)."""
+        """Free the decoder, and with it its window (as big as the shard with --long=31),
+        so that the next shard's window can reuse the memory (measured: two windows at
+        once otherwise)."""
         self.done = True
         if getattr(self, "dctx", None):
             self.lib.free(self.dctx)
@@ -177,37 +176,26 @@ class ZstdFill(_Fill):
         self.inp.ptr = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p)
         self.inp.size, self.inp.pos = len(data), 0
 
-    def readinto(self, view: memoryview) -> int:
-        if self.done or not len(view):
-            return 0
-        target = (ctypes.c_char * len(view)).from_buffer(view)
-        out, inp, lib, reader = self.out, self.inp, self.lib, self.reader
-        out.ptr, out.size, out.pos = ctypes.addressof(target), len(view), 0
-        try:
-            while out.pos < out.size:
-                if inp.pos == inp.size:
-                    data = reader.read()
-                    self._tally()
-                    if not data:
-                        raise CorruptShardError(
-                            "zstd stream is truncated: input ended inside a compressed member "
-                            f"after {reader.bytes_read} compressed bytes", reader.path)
-                    self._take(data)
-                ret = lib.stream(self.dctx, out, inp)
-                if lib.is_error(ret):
-                    raise CorruptShardError(
-                        f"corrupt zstd data near compressed byte {reader.bytes_read}: "
-                        f"{lib.error_name(ret).decode()}", reader.path)
-                if ret == 0:  # a frame ended, all of it written: another, or the end
-                    rest, _, more = _between_members(ZSTD, self.data[inp.pos:], reader, 0)
-                    self._tally()
-                    if not more:
-                        self.close()
-                        break
-                    self._take(rest)
-        except BaseException:
-            self.close()  # a damaged stream reads no further
-            raise
-        finally:
-            del target  # the buffer's export ends here
-        return out.pos
+    def _aim(self, address: int, size: int) -> None:
+        self.out.ptr, self.out.size, self.out.pos = address, size, 0
+
+    def _room(self) -> bool:
+        return self.out.pos < self.out.size
+
+    def _starved(self) -> bool:
+        return self.inp.pos == self.inp.size
+
+    def _step(self) -> bool:
+        ret = self.lib.stream(self.dctx, self.out, self.inp)
+        if self.lib.is_error(ret):
+            raise self._corrupt(self.lib.error_name(ret).decode())
+        return ret == 0
+
+    def _unused(self) -> bytes:
+        return self.data[self.inp.pos:]
+
+    def _next_member(self) -> None:
+        pass  # the decoder goes on to the next frame by itself
+
+    def _written(self) -> int:
+        return self.out.pos

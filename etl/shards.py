@@ -4,8 +4,8 @@ A shard is one input: a local file, an fsspec URL, or ``-`` for standard input.
 Nothing here ever holds a whole shard: compressed input is read in
 ``READ_SIZE`` pieces, decompressed in ``OUT_CHUNK`` pieces, and cut into
 ``LineBatch`` objects of about ``batch_bytes`` at line boundaries; plain text
-from a local file or standard input is read, and zstd decompressed, straight into
-each batch's buffer.
+from a local file or standard input is read, and zstd and xz decompressed, straight
+into each batch's buffer.
 
 Codecs (by magic bytes, never by extension): gzip (multi-member), bzip2
 (multi-stream), xz (multi-stream, stream padding in multiples of four bytes),
@@ -372,6 +372,64 @@ class _Fill:
             self.counter[0] = self.reader.bytes_read
 
 
+class _DecoderFill(_Fill):
+    """A compressed stream that a C library (``etl.libzstd``, ``etl.liblzma``) decodes
+    straight into each batch's own buffer: no decompressed piece to make, then join. The
+    checks are ``_decode``'s: members one after another, nothing but padding and members
+    after the last one, and a stream that ends inside a member is truncated.
+
+    Subclasses make the library's calls: ``_aim`` (the output), ``_room``,
+    ``_starved`` (all input used), ``_take`` (more input), ``_step`` (one decode call;
+    True when a member ended and all of it is written; raises on damage), ``_unused``
+    (input after that member), ``_next_member``, ``_written`` and ``close`` (frees the
+    decoder; at the end of the stream, not whenever the last reference goes).
+    """
+
+    codec: Codec
+
+    def __init__(self, reader: _Reader, counter: list[int] | None):
+        super().__init__(b"", reader, counter)
+        self.done = False
+
+    def readinto(self, view: memoryview) -> int:
+        import ctypes
+
+        if self.done or not len(view):
+            return 0
+        reader = self.reader
+        target = (ctypes.c_char * len(view)).from_buffer(view)
+        self._aim(ctypes.addressof(target), len(view))
+        try:
+            while self._room():
+                if self._starved():
+                    data = reader.read()
+                    self._tally()
+                    if not data:
+                        raise CorruptShardError(
+                            f"{self.codec.name} stream is truncated: input ended inside a "
+                            f"compressed member after {reader.bytes_read} compressed bytes",
+                            reader.path)
+                    self._take(data)
+                if self._step():  # a member ended, all of it written: another, or the end
+                    rest, _, more = _between_members(self.codec, self._unused(), reader, 0)
+                    self._tally()
+                    if not more:
+                        self.close()
+                        break
+                    self._next_member()
+                    self._take(rest)
+        except BaseException:
+            self.close()  # a damaged stream reads no further
+            raise
+        finally:
+            del target  # the buffer's export ends here
+        return self._written()
+
+    def _corrupt(self, why: str) -> CorruptShardError:
+        return CorruptShardError(f"corrupt {self.codec.name} data near compressed byte "
+                                 f"{self.reader.bytes_read}: {why}", self.reader.path)
+
+
 def _between_members(codec: Codec, buf: bytes, reader: _Reader,
                      pad: int) -> tuple[bytes, int, bool]:
     """Consume padding after a member; say whether another member starts in ``buf``.
@@ -440,8 +498,9 @@ def iter_chunks(fh: BinaryIO, path: str, counter: list[int] | None = None,
     ``fill``: for ``iter_line_batches`` only; plain text from a local file or standard
     input comes as one ``_Fill``, which it reads straight into its batches: no piece is
     joined to the next one (memmove 6.3% of a plain run's CPU down to 3.8%, perf); zstd
-    from anywhere as one ``etl.libzstd.ZstdFill``, which decompresses straight into
-    them (memmove 12.2% of a zst run's CPU down to 7.7%, 7% fewer CPU samples, perf).
+    and xz from anywhere as one ``etl.libzstd.ZstdFill`` or ``etl.liblzma.XzFill``,
+    which decompress straight into them (zstd: memmove 12.2% of a run's CPU down to
+    7.7%, 7% fewer CPU samples, perf).
     """
     reader = _Reader(fh, path)
     head = reader.read()
@@ -456,13 +515,15 @@ def iter_chunks(fh: BinaryIO, path: str, counter: list[int] | None = None,
             counter[0] = reader.bytes_read
         yield _Fill(head, reader, counter)
         return
-    if fill and codec is ZSTD:
-        from etl.libzstd import Libzstd, ZstdFill  # it builds on this module
+    if fill and codec.name in ("zstd", "xz"):
+        from etl import liblzma, libzstd  # they build on this module
 
-        if lib := Libzstd.get():
+        lib, source = (libzstd.Libzstd.get(), libzstd.ZstdFill) if codec is ZSTD \
+            else (liblzma.Liblzma.get(), liblzma.XzFill)
+        if lib:
             if counter is not None:
                 counter[0] = reader.bytes_read
-            yield ZstdFill(head, reader, counter, lib)
+            yield source(head, reader, counter, lib)
             return
     pieces = _plain(head, reader) if codec is PLAIN else _decode(codec, head, reader)
     for piece in pieces:

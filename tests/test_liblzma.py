@@ -1,0 +1,105 @@
+"""etl.liblzma: xz decompressed straight into line batches through liblzma's stream
+decoder (the codec suites of test_shards, the xz project's good and bad files among
+them, decode every xz case through it as well, in ``both_ways``)."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import pytest
+
+from etl.errors import CorruptShardError
+from etl.liblzma import Liblzma, XzFill
+from etl.shards import iter_chunks, iter_line_batches
+from tests.conftest import require_tool
+from tests.test_shards import LINE_CASES, Trickle, both_ways, check_batches, filled, pack
+
+DATA = b"".join(b'{"n":%d,"body":"line %d"}\n' % (i, i * 7) for i in range(4000))
+
+
+def xz(data: bytes, *flags: str) -> bytes:
+    require_tool("xz")
+    return subprocess.run(["xz", "-c", "-0", *flags], input=data, capture_output=True,
+                          check=True).stdout
+
+
+def pieces(raw: bytes, path: str = "x.xz") -> list[bytes]:
+    return list(iter_chunks(io.BytesIO(raw), path))
+
+
+def test_liblzma_is_reached_where_the_tests_run():
+    """Python's lzma module is linked with liblzma here: the fill path is the one the
+    codec suites compare with the pieces path, not the pieces path twice."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("checked on Linux, where CI runs")
+    assert Liblzma.get() is not None
+    chunks = list(iter_chunks(io.BytesIO(pack("xz", DATA)), "x.xz", fill=True))
+    assert len(chunks) == 1 and type(chunks[0]) is XzFill
+
+
+@pytest.mark.parametrize("batch_bytes", [1, 16, 1000, 1 << 20])
+@pytest.mark.parametrize("name", list(LINE_CASES))
+def test_xz_is_decompressed_straight_into_its_batches(name, batch_bytes):
+    """The same lines, numbers and offsets, every compressed byte counted; in one stream,
+    in streams of every size, and with stream padding between them."""
+    data = LINE_CASES[name]
+    step = max(97, len(data) // 40)  # streams that end inside lines and at their ends
+    parts = [pack("xz", data[i:i + step]) for i in range(0, len(data), step)]
+    padded = (b"\0" * 4).join(parts) + b"\0" * 8 if parts else b""
+    for raw in (pack("xz", data), b"".join(parts), padded):
+        counter = [0]
+        chunks = iter_chunks(Trickle(raw, 1000), "x", counter, fill=True)
+        batches = list(iter_line_batches(chunks, batch_bytes))
+        check_batches(iter(batches), data)  # checked after all were read
+        assert counter[0] == len(raw)
+
+
+def test_xz_fill_needs_the_whole_last_stream():
+    """A stream cut anywhere in its last stream is truncated (or, cut inside its magic
+    bytes, trailing garbage), as the pieces path says; a whole one decodes."""
+    one, two = xz(DATA[:30_000]), xz(DATA[30_000:], "--block-size=20000")
+    assert filled(one + two, "x") == DATA
+    for cut in (*range(1, 14), len(two) // 3, len(two) // 2, len(two) - 13, len(two) - 1):
+        with pytest.raises(CorruptShardError) as caught:
+            both_ways(lambda raw=one + two[:cut]: pieces(raw), one + two[:cut], "x.xz")
+        assert ("truncated" if cut >= 6 else "trailing garbage") in str(caught.value)
+
+
+@pytest.mark.parametrize("damage", ["flip", "garbage", "padding", "check"])
+def test_xz_fill_fails_damage_as_the_pieces_path_does(damage):
+    """Damage fails both paths with the same kind of error, naming the file: a flipped
+    byte, garbage after the last stream, padding that is not a multiple of four bytes,
+    and a wrong CRC64 of a block (liblzma verifies it either way)."""
+    raw = bytearray(xz(DATA, "--check=crc64"))
+    if damage == "flip":
+        raw[len(raw) // 2] ^= 0x55
+    elif damage == "garbage":
+        raw += b"nope, not xz"
+    elif damage == "padding":
+        raw += b"\0" * 3
+    else:  # the block's check sits just before the index (0x00 indicator byte)
+        index = raw.rindex(b"\0", 0, len(raw) - 12)
+        raw[index - 1] ^= 0xFF
+    with pytest.raises(CorruptShardError) as caught:
+        both_ways(lambda: pieces(bytes(raw)), bytes(raw), "x.xz")
+    assert "x.xz" in str(caught.value)
+
+
+def test_xz_decoder_is_freed_at_the_end_and_on_damage():
+    src = next(iter_chunks(io.BytesIO(pack("xz", DATA)), "x", fill=True))
+    assert src.live
+    buf = bytearray(len(DATA) + 10)
+    assert src.readinto(memoryview(buf)) == len(DATA) and not src.live and src.done
+    assert src.readinto(memoryview(buf)) == 0
+    bad = next(iter_chunks(io.BytesIO(pack("xz", DATA)[:-20]), "x", fill=True))
+    with pytest.raises(CorruptShardError, match="truncated"):
+        bad.readinto(memoryview(buf))
+    assert not bad.live
+
+
+def test_xz_is_read_in_pieces_where_liblzma_cannot_be_reached(monkeypatch):
+    monkeypatch.setattr(Liblzma, "_loaded", [None])
+    chunks = list(iter_chunks(io.BytesIO(pack("xz", DATA)), "x", fill=True))
+    assert all(type(c) is bytes for c in chunks) and b"".join(chunks) == DATA
