@@ -180,7 +180,7 @@ def _ingest_once(args) -> int:
 
     scheduler = args.scheduler or workers.default_scheduler()
     if scheduler == "processes":
-        workers.start_early()  # its imports overlap with the ones below
+        workers.start_early()  # run() has begun it, unless its guess missed: the server
     elif scheduler in ("synchronous", "threads"):  # the shards are read in this process:
         workers.worker_start()  # start it as a worker starts (no pandas import: 0.3 s)
     try:
@@ -345,18 +345,19 @@ def _asks_for_local_workers(argv: list[str]) -> bool:
 def run() -> None:
     """The ``etl`` console script: ``main``, then a quick exit.
 
-    For an ingest on local worker processes the workers' fork server starts first, before
-    the parser is built: its imports are the path to the first task (15-20 ms sooner,
-    measured). Once a command has finished, only the interpreter's own teardown of every
-    module (pyarrow, numpy, ...) is left: about 0.1 s, measured. When no other thread
-    runs, the exit handlers run and the standard streams are flushed, and the process
-    ends there. Tests and the Python API call ``main``, which returns as usual.
+    For an ingest on local worker processes, the workers' start comes first, before the
+    parser is built: this process imports what they need and forks them when the pool
+    starts (``workers.start_early(here=True)``; where it cannot, their fork server
+    starts now). Those imports are the path to the first task. Once a command has
+    finished, only the interpreter's own teardown of every module (pyarrow, numpy, ...)
+    is left: about 0.1 s, measured. When no other thread runs, the exit handlers run and
+    the standard streams are flushed, and the process ends there. Tests and the Python API call ``main``, which returns as usual.
     """
     early = _asks_for_local_workers(sys.argv[1:])
     if early:
         from etl import workers
 
-        workers.start_early()  # a no-op where a fork server cannot run
+        workers.start_early(here=True)  # ready to fork them, or their fork server started
     try:
         code = main()
     finally:

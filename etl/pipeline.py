@@ -70,12 +70,17 @@ def batches(inputs: list[str], schema: Schema, batch_bytes: int = 8 << 20) -> db
     return shard_bag(shards).map_partitions(_tables, schema, batch_bytes)
 
 
-def _compute(items: list, cfg: IngestConfig, announce: bool = False) -> list[dict]:
-    """``_process`` over every item, in any order, on the configured scheduler."""
+def _compute(items: list, cfg: IngestConfig, announce: bool = False,
+             started=None) -> list[dict]:
+    """``_process`` over every item, in any order, on the configured scheduler;
+    ``started()`` (if given) once the workers have started (see ``workers.run_local``)."""
     scheduler = cfg.scheduler
     if scheduler == "processes":
         return workers.run_local(_process, _biggest_first(items), cfg,
-                                 lost=lambda item, why: lost_record(item, cfg, why))
+                                 lost=lambda item, why: lost_record(item, cfg, why),
+                                 started=started)
+    if started is not None:
+        started()
     bag = shard_bag(items).map(_process, cfg)
     if "://" not in scheduler:
         # dask's own functions: given by name, dask first imports `distributed` to look
@@ -155,14 +160,22 @@ def run_ingest(inputs: list[str], cfg: IngestConfig) -> dict:
     files = [s for s in files if s.path not in done]
     total = sum(s.size or 0 for s in files)
     items, split_shards = _plan(files, cfg, records)
-    with ProgressBar(cfg.out, total, cfg.progress), ThreadPoolExecutor(1) as pool:
-        from_stdin = [pool.submit(process_shard, s, cfg) for s in stdin]
+    bar = ProgressBar(cfg.out, total, cfg.progress)
+    with bar, ThreadPoolExecutor(1) as pool:
+        from_stdin = []
+
+        def started() -> None:  # our threads start after the workers: they may be forked
+            bar.start()
+            from_stdin.extend(pool.submit(process_shard, s, cfg) for s in stdin)
+
         if items:
-            results = _compute(items, cfg, True)
+            results = _compute(items, cfg, True, started)
             records += [r for r in results if "part" not in r]
             for path, shard in split_shards.items():
                 records.append(finish_parts(shard, [r for r in results if "part" in r
                                                     and r["path"] == path], cfg, start))
+        else:
+            started()
         records += [f.result() for f in from_stdin]
     order = {s.path: i for i, s in enumerate(shards)}
     records.sort(key=lambda r: order[r["path"]])

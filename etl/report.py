@@ -99,11 +99,16 @@ class ProgressBar:
         self.enabled = enabled and sys.stderr.isatty()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._started = False
 
     def __enter__(self):
-        if self.enabled:
-            self._thread.start()
         return self
+
+    def start(self) -> None:
+        """Start drawing (once): after the run's worker processes have started."""
+        if self.enabled and not self._started:
+            self._started = True
+            self._thread.start()
 
     def _loop(self) -> None:
         from tqdm import tqdm

@@ -466,6 +466,22 @@ def test_unreachable_postgres_exits_2_naming_host_and_port_not_password(tmp_path
 # ---------------------------------------------------------------- status and `etl run`
 
 @pytest.mark.slow
+def test_run_on_worker_processes_forked_by_the_console_script(backend, db_url, tmp_path):
+    """``etl run`` as users run it: its own process forks the ingest workers, its pyarrow
+    works without numpy from then on, and the load into either warehouse, in the same
+    process, needs none: every row written is loaded."""
+    (tmp_path / "in").mkdir()
+    for seed in (3, 4, 5):
+        write_shard(tmp_path / "in", f"RC_{seed}.zst", sample_bytes(900, seed=seed), "zst")
+    out = tmp_path / "out"
+    run_etl("run", tmp_path / "in", "--schema", COMMENTS, "--out", out, "--db", db_url,
+            "--report", tmp_path / "r.json", "--scheduler", "processes", check=0)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["status"]["ok"] == 3 and report["rows_written"] == parquet_ids(out) > 2000
+    assert report["load"]["shards_loaded"] == 3
+    assert report["load"]["table_rows"] == report["rows_written"]
+
+
 def test_status_and_run_with_a_corrupt_shard(db_url, tmp_path):
     (tmp_path / "in").mkdir()
     good1 = write_shard(tmp_path / "in", "g1.zst", sample_bytes(800, seed=41), "zst")

@@ -436,6 +436,54 @@ def test_workers_fork_from_a_preloaded_server_that_stops_with_the_run(tmp_path):
         "(True, False, '1', False, 'jemalloc', True)", "False"]
 
 
+FORKED_HERE = """
+import os, sys, threading
+from concurrent.futures import ProcessPoolExecutor
+import multiprocessing
+from multiprocessing import forkserver
+from etl import workers
+from etl.workers import run_local
+
+def state(_item, _arg):
+    import pyarrow as pa
+    return ("etl.pipeline" in sys.modules, "pandas" in sys.modules, "numpy" in sys.modules,
+            os.environ.get("OPENBLAS_NUM_THREADS"), "dask" in sys.modules,
+            pa.default_memory_pool().backend_name, os.getppid())
+
+if __name__ == "__main__":
+    os.environ.pop("OPENBLAS_NUM_THREADS", None)
+    if sys.argv[1] == "thread":  # a thread of ours already runs: never fork then
+        stop = threading.Event()
+        threading.Thread(target=stop.wait, daemon=True).start()
+    workers.start_early(here=True)
+    seen = []
+    got = run_local(state, [1, 2], None,
+                    started=lambda: seen.append(len(multiprocessing.active_children())))
+    print(got[0][:-1], got[0][-1] == os.getpid(), seen,
+          forkserver._forkserver._forkserver_pid is not None,
+          "numpy" in sys.modules)
+    workers.stop()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork from the CLI: Linux")
+def test_the_console_script_forks_its_workers_ready_from_its_own_process(tmp_path):
+    """``start_early(here=True)`` (the ``etl`` script): the process imports what workers
+    need (numpy refused, so never loaded) and forks them itself when the pool starts; a
+    thread running by then would make fork unsafe: the fork server instead. ``started``
+    comes once the workers run (a progress bar's thread must wait for it)."""
+    script = tmp_path / "here.py"
+    script.write_text(FORKED_HERE)
+    for mode, want in (("alone", "(True, False, False, '1', False, 'jemalloc') True [2] "
+                                 "False False"),
+                       ("thread", "(True, False, False, '1', False, 'jemalloc') False [2] "
+                                  "True False")):
+        proc = subprocess.run([sys.executable, str(script), mode], capture_output=True,
+                              cwd=ROOT, timeout=120)
+        assert proc.returncode == 0, proc.stderr.decode()
+        assert proc.stdout.decode().strip() == want, (mode, proc.stderr.decode())
+
+
 def test_preload_module_keeps_other_processes_exit_codes():
     """etl._preload cuts the fork server's teardown short; imported elsewhere, it must not."""
     proc = subprocess.run([sys.executable, "-c", "import sys, etl._preload; sys.exit(3)"],
