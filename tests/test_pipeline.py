@@ -484,6 +484,62 @@ def test_the_console_script_forks_its_workers_ready_from_its_own_process(tmp_pat
         assert proc.stdout.decode().strip() == want, (mode, proc.stderr.decode())
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork from the CLI: Linux")
+def test_a_terminal_run_draws_its_progress_bar_after_forking_its_workers(tmp_path):
+    """On a terminal, ``etl ingest`` draws a progress bar from a thread of its own; that
+    thread starts once the workers are forked, so they are still the command's own forks
+    (no fork server among its children), and the run is as on a pipe."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    import psutil
+
+    for seed in (41, 42, 43, 44):
+        write_shard(tmp_path, f"RC_{seed}.zst", sample_bytes(40_000, seed=seed), "zst")
+    out, report = tmp_path / "out", tmp_path / "r.json"
+    main_side, term = pty.openpty()
+    fcntl.ioctl(term, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a width to draw in
+    drawn, children = b"", []
+    try:
+        proc = subprocess.Popen(
+            [*ETL, "ingest", *sorted(map(str, tmp_path.glob("*.zst"))), "--schema", COMMENTS,
+             "--out", out, "--report", report, "--scheduler", "processes"],
+            stderr=term, stdout=subprocess.DEVNULL, cwd=ROOT)
+        os.close(term)
+        term = None
+        os.set_blocking(main_side, False)
+        while proc.poll() is None:
+            try:
+                children.append([" ".join(c.cmdline()) for c in
+                                 psutil.Process(proc.pid).children()])
+            except psutil.Error:  # a child gone meanwhile
+                pass
+            try:
+                drawn += os.read(main_side, 1 << 16)
+            except (BlockingIOError, OSError):
+                pass
+        os.set_blocking(main_side, True)
+        while True:
+            try:
+                got = os.read(main_side, 1 << 16)
+            except OSError:  # the terminal's other end is closed: all read
+                break
+            if not got:
+                break
+            drawn += got
+    finally:
+        if term is not None:
+            os.close(term)
+        os.close(main_side)
+    assert proc.returncode == 0, drawn.decode(errors="replace")
+    assert json.loads(report.read_text())["status"]["ok"] == 4
+    assert b"ingest:" in drawn, drawn.decode(errors="replace")
+    assert max(map(len, children)) == 2  # the two workers, and nothing else
+    assert not any("forkserver" in c for seen in children for c in seen), children
+
+
 def test_preload_module_keeps_other_processes_exit_codes():
     """etl._preload cuts the fork server's teardown short; imported elsewhere, it must not."""
     proc = subprocess.run([sys.executable, "-c", "import sys, etl._preload; sys.exit(3)"],
