@@ -351,7 +351,8 @@ def run() -> None:
     starts now). Those imports are the path to the first task. Once a command has
     finished, only the interpreter's own teardown of every module (pyarrow, numpy, ...)
     is left: about 0.1 s, measured. When no other thread runs, the exit handlers run and
-    the standard streams are flushed, and the process ends there. Tests and the Python API call ``main``, which returns as usual.
+    the standard streams are flushed, and the process ends there. Tests and the Python
+    API call ``main``, which returns as usual (and keeps the fork server).
     """
     early = _asks_for_local_workers(sys.argv[1:])
     if early:

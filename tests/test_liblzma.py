@@ -12,9 +12,9 @@ import pytest
 
 from etl.errors import CorruptShardError
 from etl.liblzma import Liblzma, XzFill
-from etl.shards import iter_chunks, iter_line_batches
+from etl.shards import iter_chunks
 from tests.conftest import require_tool
-from tests.test_shards import LINE_CASES, Trickle, both_ways, check_batches, filled, pack
+from tests.test_shards import LINE_CASES, both_ways, check_filled, filled, pack
 
 DATA = b"".join(b'{"n":%d,"body":"line %d"}\n' % (i, i * 7) for i in range(4000))
 
@@ -44,16 +44,7 @@ def test_liblzma_is_reached_where_the_tests_run():
 def test_xz_is_decompressed_straight_into_its_batches(name, batch_bytes):
     """The same lines, numbers and offsets, every compressed byte counted; in one stream,
     in streams of every size, and with stream padding between them."""
-    data = LINE_CASES[name]
-    step = max(97, len(data) // 40)  # streams that end inside lines and at their ends
-    parts = [pack("xz", data[i:i + step]) for i in range(0, len(data), step)]
-    padded = (b"\0" * 4).join(parts) + b"\0" * 8 if parts else b""
-    for raw in (pack("xz", data), b"".join(parts), padded):
-        counter = [0]
-        chunks = iter_chunks(Trickle(raw, 1000), "x", counter, fill=True)
-        batches = list(iter_line_batches(chunks, batch_bytes))
-        check_batches(iter(batches), data)  # checked after all were read
-        assert counter[0] == len(raw)
+    check_filled("xz", LINE_CASES[name], batch_bytes, padding=b"\0" * 4)
 
 
 def test_xz_fill_needs_the_whole_last_stream():

@@ -11,9 +11,9 @@ import pytest
 
 from etl.errors import CorruptShardError
 from etl.libzstd import Libzstd, Windows
-from etl.shards import iter_chunks, iter_line_batches
+from etl.shards import iter_chunks
 from tests.conftest import require_tool
-from tests.test_shards import LINE_CASES, Trickle, check_batches, filled, pack
+from tests.test_shards import LINE_CASES, check_filled, filled, pack
 
 
 @pytest.mark.parametrize("batch_bytes", [1, 16, 1000, 1 << 20])
@@ -21,15 +21,7 @@ from tests.test_shards import LINE_CASES, Trickle, check_batches, filled, pack
 def test_zstd_is_decompressed_straight_into_its_batches(name, batch_bytes):
     """zstd through libzstd's streaming API into each batch's own buffer: the same
     lines, numbers and offsets, every compressed byte counted; in frames of every size."""
-    data = LINE_CASES[name]
-    step = max(97, len(data) // 40)  # frames that end inside lines and at their ends
-    for raw in (pack("zstd", data),
-                b"".join(pack("zstd", data[i:i + step]) for i in range(0, len(data), step))):
-        counter = [0]
-        chunks = iter_chunks(Trickle(raw, 1000), "z", counter, fill=True)
-        batches = list(iter_line_batches(chunks, batch_bytes))
-        check_batches(iter(batches), data)  # checked after all were read
-        assert counter[0] == len(raw)
+    check_filled("zstd", LINE_CASES[name], batch_bytes)
 
 
 def test_zstd_fill_needs_the_whole_last_frame():

@@ -92,6 +92,24 @@ def both_ways(read_pieces, raw: bytes, path: str) -> bytes:
     return data
 
 
+def check_filled(codec: str, data: bytes, batch_bytes: int, padding: bytes = b"") -> None:
+    """``data`` packed by ``codec`` as one member, as members of every size (ending inside
+    lines and at their ends) and, given ``padding``, with it between and after them, read
+    through the fill path from a trickling pipe: the same lines, numbers and offsets, and
+    every compressed byte counted."""
+    step = max(97, len(data) // 40)
+    parts = [pack(codec, data[i:i + step]) for i in range(0, len(data), step)]
+    raws = [pack(codec, data), b"".join(parts)]
+    if padding and parts:
+        raws.append(padding.join(parts) + padding * 2)
+    for raw in raws:
+        counter = [0]
+        chunks = iter_chunks(Trickle(raw, 1000), codec, counter, fill=True)
+        batches = list(iter_line_batches(chunks, batch_bytes))
+        check_batches(iter(batches), data)  # checked after all were read
+        assert counter[0] == len(raw)
+
+
 def decode(raw: bytes, path: str = "mem.shard") -> bytes:
     def read_pieces():
         pieces = list(iter_chunks(io.BytesIO(raw), path))
