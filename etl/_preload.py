@@ -4,10 +4,12 @@ import atexit
 import os
 import sys
 
-from etl.workers import NO_NUMPY, worker_start
+from etl.workers import DIES_MARK, NO_NUMPY, die_with_parent, worker_start
 
 if os.environ.get("ETL_FORK_SERVER") == "1":  # the server and its forks only
     sys.meta_path.insert(0, NO_NUMPY)
+    if os.environ.get(DIES_MARK) == "1":  # its process gone, so is it, and its workers
+        die_with_parent()
 worker_start()  # before anything calls pa.array: forked workers inherit the answer
 
 # pyarrow, the parser, the writers and the job: imported once, for all

@@ -19,6 +19,9 @@ import threading
 
 PRELOAD = "etl._preload"
 SERVER_MARK = "ETL_FORK_SERVER"  # set in the fork server's environment only
+# ... and this one too when the server may end with the process that starts it: Linux
+# ties that to the starting thread, and only the main thread lasts as long as its process
+DIES_MARK = "ETL_FORK_SERVER_DIES_WITH_PARENT"
 # Environment defaults for our own processes, set before numpy and pyarrow load (the
 # CLI's process and the fork server, hence the workers); a value the user set is kept.
 # - One BLAS thread: numpy's OpenBLAS otherwise starts a thread per core that spins
@@ -85,8 +88,11 @@ def start_early(here: bool = False) -> None:
         return
     from multiprocessing import forkserver
 
-    saved = {k: os.environ.get(k) for k in SERVER_ENV}
-    os.environ.update({k: v for k, v in SERVER_ENV.items() if k == SERVER_MARK or not saved[k]})
+    env = {**SERVER_ENV, **({DIES_MARK: "1"} if threading.current_thread()
+                            is threading.main_thread() else {})}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update({k: v for k, v in env.items()
+                       if k in (SERVER_MARK, DIES_MARK) or not saved[k]})
     try:  # the server inherits the environment as it is now
         multiprocessing.get_context("forkserver").set_forkserver_preload([PRELOAD])
         forkserver.ensure_running()
@@ -119,7 +125,7 @@ def run_local(fn, items: list, arg, lost=None, started=None) -> list:
     start_early()  # started already, or this process forks them; else here, or spawn
     n = max(1, min(os.cpu_count() or 1, len(items)))
     pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context(context()),
-                               initializer=worker_start)
+                               initializer=pool_worker_start)
     broken = object()
     try:
         futures = [pool.submit(fn, item, arg) for item in items]  # the first starts them
@@ -198,6 +204,33 @@ def tune_malloc() -> bool:
     except (OSError, AttributeError):
         return False
     return all([mallopt(param, value) == 1 for param, value in _MALLOPT])
+
+
+def die_with_parent() -> None:
+    """Linux: this process is killed when the process that forked it ends. A pool worker
+    whose run was killed (``kill -9``, out of memory) otherwise waits for tasks forever,
+    and one forked by the ``etl`` command itself would keep the output folder's lock
+    open: every later run would find it busy. The fork server does the same when the
+    main thread started it (Linux ties this to the thread that forked; a server killed
+    so is started again by the next run). Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it ended before the call: no signal will come
+        os._exit(1)
+
+
+def pool_worker_start() -> None:
+    """Start-up of a local pool worker: ``worker_start``, and it ends with its parent."""
+    die_with_parent()
+    worker_start()
 
 
 def worker_start() -> None:

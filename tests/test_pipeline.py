@@ -540,6 +540,84 @@ def test_a_terminal_run_draws_its_progress_bar_after_forking_its_workers(tmp_pat
     assert not any("forkserver" in c for seen in children for c in seen), children
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG: Linux")
+@pytest.mark.parametrize("how", ["etl command", "main()"])
+def test_a_killed_run_leaves_no_worker_behind_and_the_next_run_goes_on(tmp_path, how):
+    """``kill -9`` of a run on local workers, forked by the ``etl`` command itself or by
+    the fork server (``main()``, as the Python API runs them): its workers and the server
+    end with it (they used to wait for tasks forever, and the command's own forks kept
+    the output folder's lock: every later run found the folder busy), and the next run
+    ingests every shard."""
+    import time
+
+    import psutil
+
+    require_tool("xz")
+    raw = compress(["xz", "-0", "-T2", "-c"], sample_bytes(100_000, seed=51, bad_rate=0))
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(6):  # about 0.3 GB to decompress: the run outlives the kill
+        (src / f"RC_{i}.xz").write_bytes(raw)
+    out = tmp_path / "out"
+    args = ["ingest", str(src), "--schema", COMMENTS, "--out", str(out),
+            "--scheduler", "processes", "--quiet"]
+    argv = [*ETL, *args] if how == "etl command" else [
+        sys.executable, "-c", "import sys; from etl.cli import main; sys.exit(main(sys.argv[1:]))",
+        *args]
+    proc = subprocess.Popen(argv, cwd=ROOT)
+    run = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        family = run.children(recursive=True)
+        if sum(c.name().startswith("python") for c in family) >= 2 and (out / "_lock").exists():
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    time.sleep(0.3)  # the workers are on their first shards
+    family = run.children(recursive=True)
+    proc.kill()
+    proc.wait()
+    _, alive = psutil.wait_procs(family, timeout=15)
+    assert not alive, [(p.pid, p.cmdline()) for p in alive]
+    report = tmp_path / "r.json"
+    run_etl(*args[:-1], "--report", report, check=0)
+    assert json.loads(report.read_text())["status"]["ok"] == 6
+
+
+SERVER_FROM_A_THREAD = """
+import os, sys, threading, time
+from multiprocessing import forkserver
+from etl import workers
+
+def task(item, _arg):
+    return item * 2
+
+def start():
+    workers.start_early()
+    time.sleep(1.5)  # the server is up and settled before this thread ends
+
+if __name__ == "__main__":
+    starter = threading.Thread(target=start)
+    starter.start()
+    starter.join()  # the thread that started the server has ended
+    pid = forkserver._forkserver._forkserver_pid
+    print(workers.run_local(task, [1, 2, 3], None),
+          forkserver._forkserver._forkserver_pid == pid, os.path.exists(f"/proc/{pid}"))
+    workers.stop()
+"""
+
+
+def test_a_fork_server_started_from_a_thread_outlives_it(tmp_path):
+    """Linux ends a process whose parent dies with the *thread* that started it: a server
+    started from another thread (a web app's, a thread pool's) must not die with that
+    thread, only one started from the main thread ties itself to its process."""
+    script = tmp_path / "thread.py"
+    script.write_text(SERVER_FROM_A_THREAD)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, cwd=ROOT,
+                          timeout=120)
+    assert proc.stdout.decode().split("\n")[0] == "[2, 4, 6] True True", proc.stderr.decode()
+
+
 def test_preload_module_keeps_other_processes_exit_codes():
     """etl._preload cuts the fork server's teardown short; imported elsewhere, it must not."""
     proc = subprocess.run([sys.executable, "-c", "import sys, etl._preload; sys.exit(3)"],
