@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import ctypes
 
-from etl.shards import CODECS, _DecoderFill, _Reader
+from etl.shards import XZ, _DecoderFill, _Reader
 
-XZ = next(c for c in CODECS if c.name == "xz")
 OK, STREAM_END, MEM_ERROR = 0, 1, 5  # lzma_ret
 RUN = 0  # lzma_action LZMA_RUN
 NO_LIMIT = (1 << 64) - 1

@@ -310,7 +310,7 @@ CODECS = (
           lambda: lzma.LZMADecompressor(format=lzma.FORMAT_XZ), padding=b"\0", padding_align=4),
     Codec("zstd", 4, _is_zstd_frame, _zstd_member),
 )
-ZSTD = CODECS[-1]
+XZ, ZSTD = CODECS[2:]
 PLAIN = Codec("plain", 0, lambda b: True, None)
 DECODE_ERRORS = (zlib.error, isal_zlib.error, OSError, EOFError, lzma.LZMAError, ZstdError,
                  ValueError)
@@ -515,7 +515,7 @@ def iter_chunks(fh: BinaryIO, path: str, counter: list[int] | None = None,
             counter[0] = reader.bytes_read
         yield _Fill(head, reader, counter)
         return
-    if fill and codec.name in ("zstd", "xz"):
+    if fill and (codec is ZSTD or codec is XZ):
         from etl import liblzma, libzstd  # they build on this module
 
         lib, source = (libzstd.Libzstd.get(), libzstd.ZstdFill) if codec is ZSTD \
