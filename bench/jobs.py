@@ -34,6 +34,9 @@ DECOMPRESS = {
 }
 # faster stand-ins measured too when installed; the limit is the fastest 2-core row
 ALTERNATIVES = {"gz": ("pigz", "pigz -dc")}
+# the decoder etl itself links, where it is not the tool's (xz: lzma-cf's liblzma 5.8 against
+# Debian 12's xz 5.4): decompression alone through it, shown beside the limit, not judged
+DECODERS = {"xz": "bench/decode.py"}
 # extra etl rows, shown but not judged: how etl does with a setting changed by environment
 # (name -> environment), e.g. {"etl, threads": {"ETL_SCHEDULER": "threads"}}
 ETL_VARIANTS: dict[str, dict[str, str]] = {}
@@ -55,8 +58,8 @@ NOT_READ = {
 
 @dataclass(frozen=True)
 class Step:
-    """One command to time; ``kind``: etl, etl-variant, engine, limit1, limit2, memory,
-    bigshard, load, pgload, spool."""
+    """One command to time; ``kind``: etl, etl-variant, engine, limit1, limit2, decoder1,
+    decoder2, memory, bigshard, load, pgload, spool."""
 
     codec: str
     tool: str
@@ -120,7 +123,8 @@ def limit_shell(command: str, files: list[Path], workers: int) -> str:
 
 
 def limit_steps(ds: Dataset, codec: str, bytes_in: int, have=shutil.which) -> list[Step]:
-    """Decompression alone: 1 core, 2 cores, and 2 cores of a faster tool where installed."""
+    """Decompression alone: 1 core, 2 cores, 2 cores of a faster tool where installed,
+    and 1 and 2 cores of the decoder etl links where it is not the tool's."""
     files = ds.files(codec)
     tool = DECOMPRESS[codec]
     steps = [Step(codec, f"decompress, 1 core ({tool})", "limit1",
@@ -131,6 +135,11 @@ def limit_steps(ds: Dataset, codec: str, bytes_in: int, have=shutil.which) -> li
         alt = ALTERNATIVES[codec][1]
         steps.append(Step(codec, f"decompress, 2 cores (2 × {alt})", "limit2",
                           shell=limit_shell(alt, files, 2), bytes_in=bytes_in))
+    if codec in DECODERS:
+        own = f"{shlex.quote(PYTHON)} {shlex.quote(str(ROOT / DECODERS[codec]))}"
+        steps += [Step(codec, f"decompress, {n} core{'s' * (n > 1)} ({'2 × ' * (n > 1)}etl's "
+                       f"decoder, {DECODERS[codec]})", f"decoder{n}",
+                       shell=limit_shell(own, files, n), bytes_in=bytes_in) for n in (1, 2)]
     return steps
 
 

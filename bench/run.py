@@ -142,12 +142,14 @@ def warm(files: list[Path]) -> None:
                 pass
 
 
-def _version(cmd: list[str]) -> str:
+def _version(cmd: list[str], starts: str = "") -> str:
+    """The first line of ``cmd``'s output (the first that starts with ``starts``)."""
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     except FileNotFoundError:
         return "not installed"
-    text = (out.stdout or out.stderr).strip().splitlines()
+    text = [line for line in (out.stdout or out.stderr).strip().splitlines()
+            if line.startswith(starts)]
     return text[0].strip("* ") if text else "?"
 
 
@@ -165,10 +167,13 @@ def machine_lines() -> list[str]:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
     tools = ", ".join(_version([t, "--version"]) for t in ("zstd", "xz", "gzip", "pigz"))
     bzip2 = re.search(r"Version ([\d.]+)", _version(["bzip2", "--help"]))
+    xz_lib = _version(["xz", "--version"], "liblzma")
+    own = _version([sys.executable, str(ROOT / jobs.DECODERS["xz"]), "--version"])
     return [f"- machine: {os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, shared and noisy; "
             f"Python {platform.python_version()}",
             f"- DuckDB {duckdb.__version__}, Polars {polars_version}, PyArrow "
-            f"{pyarrow.__version__}; {tools}; bzip2 {bzip2.group(1) if bzip2 else '?'}"]
+            f"{pyarrow.__version__}; {tools}; bzip2 {bzip2.group(1) if bzip2 else '?'}",
+            f"- etl decodes xz with {own}; the `xz` tool here with {xz_lib}"]
 
 
 def results_path(ds: data.Dataset) -> Path:
@@ -261,7 +266,7 @@ def run_quick(args) -> list[Result]:
         steps = jobs.codec_steps(ds, codec, work, tools)
         if codec == "xz":
             steps = [s for s in jobs.limit_steps(ds, codec, ds.plain_bytes())
-                     if s.kind == "limit2"] + steps
+                     if s.kind in ("limit2", "decoder2")] + steps
         results += run_steps(steps, args.repeat)
     save_raw(ds, results)
     print(f"\n{ds.plain_bytes() / 1e6:.0f} MB in {ds.shards} shards, best of {args.repeat}:")

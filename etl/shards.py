@@ -289,6 +289,12 @@ def _zstd_member() -> ZstdDecompressor:
     return ZstdDecompressor(options={DecompressionParameter.window_log_max: ZSTD_WINDOW_LOG_MAX})
 
 
+def _xz_member():
+    from etl.liblzma import xz_member  # it builds on this module
+
+    return xz_member()
+
+
 def _is_zstd_frame(buf: bytes) -> bool:
     return buf[:4] == b"\x28\xb5\x2f\xfd" or (buf[0] & 0xF0 == 0x50 and buf[1:4] == b"\x2a\x4d\x18")
 
@@ -306,8 +312,8 @@ class Codec:
 CODECS = (
     Codec("gzip", 2, lambda b: b[:2] == b"\x1f\x8b", _GzipMember, padding=b"\0"),
     Codec("bzip2", 3, lambda b: b[:3] == b"BZh", bz2.BZ2Decompressor),
-    Codec("xz", 6, lambda b: b[:6] == b"\xfd7zXZ\x00",
-          lambda: lzma.LZMADecompressor(format=lzma.FORMAT_XZ), padding=b"\0", padding_align=4),
+    Codec("xz", 6, lambda b: b[:6] == b"\xfd7zXZ\x00", _xz_member, padding=b"\0",
+          padding_align=4),
     Codec("zstd", 4, _is_zstd_frame, _zstd_member),
 )
 XZ, ZSTD = CODECS[2:]

@@ -87,6 +87,50 @@ def test_targets_pass_and_fail_by_ratio():
     assert quick[0].startswith("zst: etl 50 MB/s vs DuckDB 100 MB/s = 0.50× FAIL")
 
 
+def test_xz_shows_etls_own_decoder_beside_the_tools_limit_without_judging_it(tmp_path):
+    """xz gets decompression-alone rows through the decoder etl links (bench/decode.py):
+    shown in its table and in a target row of their own, never taken as the limit."""
+    ds = _fake_ds(tmp_path)
+    steps = jobs.limit_steps(ds, "xz", 100)
+    assert [s.kind for s in steps] == ["limit1", "limit2", "decoder1", "decoder2"]
+    assert "bench/decode.py" in steps[3].shell and steps[3].shell.endswith("& wait")
+    assert all(s.kind.startswith("limit") for s in jobs.limit_steps(ds, "zst", 100))
+    results = [_result("xz", "decompress, 2 cores", "limit2", 4.0),
+               _result("xz", "decompress, 2 cores, etl's decoder", "decoder2", 2.0),
+               _result("xz", "etl", "etl", 2.5)]
+    assert report.speed_ratio(results, "xz") == pytest.approx(4.0 / 2.5)
+    assert report.own_decoder_ratio(results, "xz") == pytest.approx(2.0 / 2.5)
+    text = "\n".join(report.target_lines(results, ("xz",)))
+    assert "| xz: etl ≥ 0.8× the 2-core decompression limit | 1.60× | PASS |" in text
+    assert "| xz: etl over the decoder it links, alone on 2 cores (shown, no target) | " \
+        "0.80× | — |" in text
+    table = report.codec_table(results, "xz")
+    assert any(line.startswith("| decompress, 2 cores, etl's decoder | 2.0 |") and "| — |" in line
+               for line in table)
+    assert report.quick_lines(results)[-1] == \
+        "xz: etl over its own decoder alone (50 MB/s on 2 cores) = 0.80× (shown, no target)"
+
+
+def test_decode_script_writes_what_the_xz_tool_writes(tmp_path):
+    """bench/decode.py decompresses through etl's liblzma exactly what ``xz -dc`` gives."""
+    import subprocess
+
+    from tests.conftest import require_tool
+
+    require_tool("xz")
+    plain = b"".join(b'{"n":%d}\n' % i for i in range(50_000))
+    path = tmp_path / "a.ndjson.xz"
+    path.write_bytes(subprocess.run(["xz", "-c", "-T2", "--block-size=100000"], input=plain,
+                                    capture_output=True, check=True).stdout)
+    script = str(ROOT / "bench" / "decode.py")
+    out = subprocess.run([sys.executable, script, str(path), str(path)], capture_output=True,
+                         check=True, cwd=ROOT)
+    assert out.stdout == plain * 2
+    version = subprocess.run([sys.executable, script, "--version"], capture_output=True,
+                             text=True, check=True, cwd=ROOT).stdout
+    assert version.startswith("liblzma 5.")
+
+
 def test_codec_table_marks_rows_that_differ_from_etl():
     results = [_result("gz", "etl", "etl", 1.0), _result("gz", "duckdb", "engine", 1.0),
                _result("gz", "polars", "engine", 1.0, rows=9),

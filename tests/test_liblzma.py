@@ -5,15 +5,17 @@ them, decode every xz case through it as well, in ``both_ways``)."""
 from __future__ import annotations
 
 import io
+import lzma
 import subprocess
 import sys
 
 import pytest
 
 from etl.errors import CorruptShardError
-from etl.liblzma import Liblzma, XzFill
-from etl.shards import iter_chunks
-from tests.conftest import require_tool
+from etl import liblzma
+from etl.liblzma import Liblzma, XzFill, candidates, xz_member
+from etl.shards import XZ, iter_chunks
+from tests.conftest import IN_CI, require_tool
 from tests.test_shards import LINE_CASES, both_ways, check_filled, filled, pack
 
 DATA = b"".join(b'{"n":%d,"body":"line %d"}\n' % (i, i * 7) for i in range(4000))
@@ -94,3 +96,54 @@ def test_xz_is_read_in_pieces_where_liblzma_cannot_be_reached(monkeypatch):
     monkeypatch.setattr(Liblzma, "_loaded", [None])
     chunks = list(iter_chunks(io.BytesIO(pack("xz", DATA)), "x", fill=True))
     assert all(type(c) is bytes for c in chunks) and b"".join(chunks) == DATA
+
+
+def test_the_newest_liblzma_is_chosen_and_lzma_cf_brings_one(monkeypatch):
+    """On Linux, lzma-cf (a dependency there) brings liblzma 5.8, whose decoder is much
+    faster than Debian 12's 5.4: it is found, and the newest library wins whatever the
+    order it was found in; a path that does not load is passed over."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("lzma-cf's wheel is a dependency on Linux only")
+    found = candidates()
+    sources = [source for source, _ in found]
+    if "lzma-cf" not in sources and not IN_CI:
+        pytest.skip("lzma-cf is not installed here (make setup installs it)")
+    assert sources[0] == "lzma-cf" and sources[-1] == "python"
+    libs = [Liblzma(path, source) for source, path in found]
+    newest = max(lib.number for lib in libs)
+    assert newest >= 50080000 and libs[0].version.startswith("5.")
+    for order in (found, found[::-1], [("python", "/nowhere/liblzma.so.5"), *found]):
+        monkeypatch.setattr(Liblzma, "_loaded", [])
+        monkeypatch.setattr(liblzma, "candidates", lambda order=order: order)
+        assert Liblzma.get().number == newest
+    monkeypatch.setattr(Liblzma, "_loaded", [])
+    monkeypatch.setattr(liblzma, "candidates", lambda: [("python", "/nowhere/liblzma.so")])
+    assert Liblzma.get() is None
+
+
+def test_pieces_use_the_chosen_library_and_raise_pythons_errors(monkeypatch):
+    """The pieces path (parts of split shards, spool recovery) decodes with lzma-cf's port
+    of Python's module when its liblzma is the chosen one, and with Python's module
+    otherwise; both decode alike and fail with ``lzma.LZMAError`` in the same words."""
+    raw = xz(DATA, "--block-size=30000")
+    bad = bytearray(raw)
+    bad[len(bad) // 2] ^= 0x55
+    lib = Liblzma.get()
+    kinds = {}
+    for chosen in ([lib] if lib and lib.source == "lzma-cf" else []) + [None]:
+        monkeypatch.setattr(Liblzma, "_loaded", [chosen])
+        member = XZ.new_member()
+        kinds[chosen is not None] = type(member)
+        assert member.decompress(raw, 1000) == DATA[:1000] and not member.needs_input
+        out = DATA[:1000] + member.decompress(b"", -1)
+        assert out == DATA and member.eof and member.unused_data == b""
+        with pytest.raises(lzma.LZMAError) as caught:
+            xz_member().decompress(bytes(bad))
+        assert str(caught.value) == "Corrupt input data"
+    assert kinds[False] is lzma.LZMADecompressor
+    if lib and lib.source == "lzma-cf":
+        import lzma_cf
+
+        assert issubclass(kinds[True], lzma_cf.LZMADecompressor)
+    elif IN_CI and sys.platform.startswith("linux"):
+        pytest.fail("lzma-cf's liblzma should be the chosen one on Linux")
