@@ -42,6 +42,7 @@ from etl.shards import LineBatch
 BOM = b"\xef\xbb\xbf"
 BLANK = object()  # _retry's answer for a whitespace-only line (None is JSON null)
 SLICE_LINES = 4096  # lines whose decoded objects live at once: bounds Python object memory
+BIG_LINE = 16 << 20  # a line this long that cannot be an object is not parsed (see _decode)
 SCAN_KEYS = 1024  # most top-level keys the scanner reads (etl/_scan.c MAX_KEYS)
 STRINGS_UP_TO = 1 << 31  # batches up to this size get Arrow strings (int32 offsets)
 
@@ -248,6 +249,11 @@ class Parser:
         loads = orjson.loads
         for i in indices:
             line = lines[i]
+            if len(line) > BIG_LINE:
+                why = _not_an_object(line)
+                if why:
+                    rejects.append((i, "not_object", why))
+                    continue
             try:
                 obj = loads(line)
             except orjson.JSONDecodeError as exc:
@@ -362,3 +368,21 @@ class Parser:
                                          reason, error, raw))
         return BatchResult(table, kept, batch.count, blank, filtered,
                            Counter(r.reason for r in kept))
+
+
+def _not_an_object(line: bytes) -> str | None:
+    """Why a line over ``BIG_LINE`` bytes cannot be a JSON object, or None if it may be.
+
+    Such a line is most often a whole JSON array file (``[{...}, {...}]``) given as
+    NDJSON. Parsing it to learn that it is not an object would build every element
+    (measured: 4.3 GB of memory for a 296 MB array line); its first byte says as much
+    (after a BOM and whitespace), so it is set aside unparsed, kept whole as every
+    reject is, whether the rest of it is valid JSON or not.
+    """
+    body = line[3:] if line.startswith(BOM) else line
+    at = len(body) - len(body.lstrip(b" \t\r\n"))
+    if at == len(body) or body[at:at + 1] == b"{":
+        return None
+    return (f"expected a JSON object, got a line of {len(line):,} bytes starting with "
+            f"{body[at:at + 1].decode('latin-1')!r} (over {BIG_LINE >> 20} MiB: not parsed; "
+            "is it a JSON array file rather than NDJSON?)")
