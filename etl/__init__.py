@@ -24,7 +24,8 @@ def load_schema(path):
 
 
 def ingest(inputs, schema, out, *, report=None, scheduler=None, batch_bytes=8 << 20,
-           force=False, stdin_name="stdin", progress=False, part_bytes=128 << 20) -> dict:
+           force=False, stdin_name="stdin", progress=False, part_bytes=128 << 20,
+           max_line_bytes=None) -> dict:
     """Ingest shards into typed, partitioned Parquet under ``out``; return the run report.
 
     Parameters
@@ -40,9 +41,9 @@ def ingest(inputs, schema, out, *, report=None, scheduler=None, batch_bytes=8 <<
     scheduler : str, optional
         ``synchronous``, ``threads``, ``processes`` or ``tcp://HOST:PORT``;
         default processes on 2+ cores.
-    batch_bytes, force, stdin_name, progress, part_bytes
-        As the CLI's ``--batch-mb``, ``--force``, ``--stdin-name``, progress bar and
-        ``--part-mb`` (0: never split a shard).
+    batch_bytes, force, stdin_name, progress, part_bytes, max_line_bytes
+        As the CLI's ``--batch-mb``, ``--force``, ``--stdin-name``, progress bar,
+        ``--part-mb`` (0: never split a shard) and ``--max-line-mb`` (None: its default).
 
     Returns
     -------
@@ -61,7 +62,8 @@ def ingest(inputs, schema, out, *, report=None, scheduler=None, batch_bytes=8 <<
     cfg = IngestConfig(schema=schema if isinstance(schema, Schema) else load_schema(schema),
                        out=str(out), scheduler=scheduler or default_scheduler(),
                        batch_bytes=batch_bytes, force=force, stdin_name=stdin_name,
-                       progress=progress, part_bytes=part_bytes)
+                       progress=progress, part_bytes=part_bytes,
+                       max_line_bytes=max_line_bytes)
     result = run_ingest([str(i) for i in inputs], cfg)
     if report:
         _write_json(str(report), result)

@@ -97,6 +97,9 @@ def _ingest_args(p: argparse.ArgumentParser) -> None:
                         "(default: $ETL_SCHEDULER, else processes on 2+ cores)")
     p.add_argument("--batch-mb", type=float, default=8.0,
                    help="uncompressed MB per line batch (bounds memory per worker; default 8)")
+    p.add_argument("--max-line-mb", type=float, default=None,
+                   help="the longest line read whole; a longer one is rejected as too_long, "
+                        "its first 64 KiB kept (default 64, or --batch-mb + 4 if more)")
     p.add_argument("--part-mb", type=float, default=128.0,
                    help="cut a big shard that can split (plain, multi-frame zstd, multi-block "
                         "xz, bgzip) into parts of about this many compressed MB, run in "
@@ -200,6 +203,8 @@ def _ingest_started(args, done_with_workers) -> int:
                        scheduler=args.scheduler or default_scheduler(),
                        batch_bytes=int(args.batch_mb * (1 << 20)), force=args.force,
                        stdin_name=args.stdin_name, part_bytes=int(args.part_mb * (1 << 20)),
+                       max_line_bytes=None if args.max_line_mb is None
+                       else int(args.max_line_mb * (1 << 20)),
                        progress=not args.quiet and sys.stderr.isatty())
     report = run_ingest(args.inputs, cfg)
     done_with_workers()  # before a load: the workers' server is not needed there

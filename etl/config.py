@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from etl.schema import Schema
-from etl.shards import BATCH_BYTES
+from etl.shards import BATCH_BYTES, MAX_LINE, OUT_CHUNK
 from etl.split import PART_BYTES
 
 SCHEDULERS = ("synchronous", "threads", "processes")
@@ -26,6 +26,8 @@ class IngestConfig:
     progress : draw a progress bar on standard error.
     part_bytes : a shard that can split (``etl.split``) is cut into parts of about this
         many compressed bytes, run in parallel; 0 never splits.
+    max_line_bytes : the longest line read whole; a longer one is a ``too_long`` reject
+        that keeps its first 64 KiB. None: 64 MiB, or the batch size plus 4 MiB if more.
     """
 
     schema: Schema
@@ -36,6 +38,7 @@ class IngestConfig:
     stdin_name: str = "stdin"
     progress: bool = True
     part_bytes: int = PART_BYTES
+    max_line_bytes: int | None = None
 
     def __post_init__(self):
         from etl.errors import ConfigError
@@ -46,5 +49,16 @@ class IngestConfig:
                               "or a distributed address like tcp://HOST:8786")
         if self.batch_bytes < 1024:
             raise ConfigError(f"batch size {self.batch_bytes} bytes is too small (min 1024)")
+        if self.max_line_bytes is not None and self.max_line_bytes < self.batch_bytes + OUT_CHUNK:
+            raise ConfigError(
+                f"longest line {self.max_line_bytes} bytes is below the batch size plus 4 MiB "
+                f"({self.batch_bytes + OUT_CHUNK}): raise --max-line-mb or lower --batch-mb")
         if self.part_bytes < 0:
             raise ConfigError(f"part size {self.part_bytes} bytes is negative (0: never split)")
+
+    @property
+    def max_line(self) -> int:
+        """The longest line read whole (``max_line_bytes``, or its default)."""
+        if self.max_line_bytes is not None:
+            return self.max_line_bytes
+        return max(MAX_LINE, self.batch_bytes + OUT_CHUNK)

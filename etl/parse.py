@@ -186,6 +186,13 @@ class Parser:
 
     def parse_batch(self, batch: LineBatch) -> BatchResult:
         """Parse, check, filter and type every line of ``batch``."""
+        if batch.too_long:  # one line, over the limit: only its head was kept
+            why = (f"a line of {batch.too_long:,} bytes, longer than the longest line read "
+                   f"whole (--max-line-mb): its first {len(batch.raw):,} bytes are kept here; "
+                   f"the whole line is at byte {batch.first_offset:,} of the decompressed "
+                   "shard")
+            return self._result(batch, self.arrow_schema.empty_table(),
+                                [(0, "too_long", why)], 0, 0)
         data = batch.joined()
         if self.fast and self.plan.usable and batch_is_safe(data):
             done = self._scan_batch(batch, data)

@@ -39,6 +39,9 @@ from etl.errors import ConfigError, CorruptShardError, ShardError
 READ_SIZE = 1 << 20          # 1 MiB: compressed bytes per read
 OUT_CHUNK = 4 << 20          # 4 MiB: most decompressed bytes per decompress call
 BATCH_BYTES = 8 << 20        # 8 MiB: default uncompressed bytes per line batch
+MAX_LINE = 64 << 20          # 64 MiB: default longest line read whole (a longer one is
+                             # rejected as too_long with its head; see iter_line_batches)
+KEPT_OF_TOO_LONG = 64 << 10  # 64 KiB: what a too_long reject keeps of its line
 FINGERPRINT_SPAN = 1 << 20   # 1 MiB: head and tail bytes hashed into a shard's fingerprint
 ZSTD_WINDOW_LOG_MAX = 31     # 2 GiB windows, as Pushshift's `zstd --long=31` dumps need
 STDIN = "-"
@@ -80,6 +83,7 @@ class LineBatch:
     first_line_no: int   # 1-based
     first_offset: int    # byte offset of the first line in the decompressed stream
     raw: bytes | memoryview | None = None  # the lines joined by LF (a view: no copy)
+    too_long: int = 0    # set: one line of this many bytes, over the limit; raw is its head
 
     def joined(self) -> bytes | memoryview:
         """The lines joined by LF (``raw`` when given)."""
@@ -558,24 +562,41 @@ def _plain(head: bytes, reader: _Reader) -> Iterator[bytes]:
 
 # ---------------------------------------------------------------- lines
 
-def iter_line_batches(chunks: Iterator[bytes],
-                      batch_bytes: int = BATCH_BYTES) -> Iterator[LineBatch]:
+def iter_line_batches(chunks: Iterator[bytes], batch_bytes: int = BATCH_BYTES,
+                      max_line: int = MAX_LINE) -> Iterator[LineBatch]:
     """Cut decompressed pieces into batches of whole lines (LF ends a line).
 
     A last line without a newline counts. CR before LF stays on the line
-    (JSON ignores it; rejects strip it when kept).
+    (JSON ignores it; rejects strip it when kept). A line longer than ``max_line``
+    bytes is not held whole: it comes as a batch of its own with ``too_long`` set to
+    its length and only its first ``KEPT_OF_TOO_LONG`` bytes, the rest read past up to
+    its newline, so memory stays bounded whatever the input. ``max_line`` must be at
+    least ``batch_bytes + OUT_CHUNK`` (``IngestConfig`` sees to it): only a batch's first
+    line can then be longer (the others lie within one batch and one piece).
     """
+    chunks = iter(chunks)
     pending: list[bytes] = []
     pending_len, line_no, offset = 0, 1, 0
     for chunk in chunks:
         if isinstance(chunk, _Fill):  # the only item, when there is one
-            yield from _filled_batches(chunk, batch_bytes)
+            yield from _filled_batches(chunk, batch_bytes, max_line)
             return
         pending.append(chunk)
         pending_len += len(chunk)
         if pending_len < batch_bytes:
             continue
         data = b"".join(pending)
+        first = data.find(b"\n", 0, max_line + 1)  # only the first line can be that long
+        if first < 0 and len(data) > max_line:  # read past it, keeping its head
+            end = data.find(b"\n", max_line + 1)
+            if end < 0:
+                batch, rest = _too_long(data, lambda: next(chunks, None), line_no, offset)
+            else:
+                batch, rest = _long_line(data, end, line_no, offset), data[end + 1:]
+            yield batch
+            line_no, offset = line_no + 1, offset + batch.too_long + 1
+            pending, pending_len = ([rest], len(rest)) if rest else ([], 0)
+            continue
         cut = data.rfind(b"\n")
         if cut < 0:  # one line longer than a batch: keep reading
             pending = [data]
@@ -591,7 +612,42 @@ def iter_line_batches(chunks: Iterator[bytes],
         yield LineBatch(None, line_no, offset, data[:-1] if data.endswith(b"\n") else data)
 
 
-def _filled_batches(src: _Fill, batch_bytes: int) -> Iterator[LineBatch]:
+def _pieces_of(src: _Fill, size: int) -> Callable[[], bytes | None]:
+    """``src``'s next bytes (up to ``size``; None at the end), through one reused buffer."""
+    buf = bytearray(size)
+
+    def more() -> bytes | None:
+        n = src.readinto(memoryview(buf))
+        return bytes(buf[:n]) if n else None
+
+    return more
+
+
+def _too_long(head: bytes, more: Callable[[], bytes | None], line_no: int,
+              offset: int) -> tuple[LineBatch, bytes]:
+    """The batch of one line over the limit that starts ``head`` (no LF in it), read
+    past with ``more()`` (the next bytes; None at the end) up to its LF; and what
+    follows that LF. Only the first ``KEPT_OF_TOO_LONG`` bytes are kept."""
+    length, rest = len(head), b""
+    while (piece := more()) is not None:
+        cut = piece.find(b"\n")
+        if cut >= 0:
+            length += cut
+            rest = piece[cut + 1:]
+            break
+        length += len(piece)
+    return _long_line(head, length, line_no, offset), bytes(rest)
+
+
+def _long_line(head: bytes | memoryview, length: int, line_no: int, offset: int) -> LineBatch:
+    """The batch of one line of ``length`` bytes over the limit, keeping its head."""
+    batch = LineBatch(None, line_no, offset, bytes(head[:KEPT_OF_TOO_LONG]), too_long=length)
+    batch.know_count(1)
+    return batch
+
+
+def _filled_batches(src: _Fill, batch_bytes: int, max_line: int = MAX_LINE
+                    ) -> Iterator[LineBatch]:
     """``iter_line_batches`` over a stream read (plain text) or decompressed (zstd)
     straight into each batch's own buffer.
 
@@ -602,7 +658,8 @@ def _filled_batches(src: _Fill, batch_bytes: int) -> Iterator[LineBatch]:
 
     rest, line_no, offset = b"", 1, 0
     while True:
-        size = len(rest) + max(batch_bytes, len(rest))  # doubles for a long line
+        # doubles for a long line, up to one byte past the longest line read whole
+        size = min(len(rest) + max(batch_bytes, len(rest)), max(max_line + 1, batch_bytes))
         # in whole MiBs: the next batch's buffer then fits where this one was freed
         # (glibc's heap is never trimmed in workers; sizes that crept up by a line's
         # rest each time grew it: 4x input peaked 208-211 MiB against 199-202)
@@ -621,6 +678,14 @@ def _filled_batches(src: _Fill, batch_bytes: int) -> Iterator[LineBatch]:
                                                             else got])
             return
         cut = buf.rfind(b"\n", 0, got)
+        if cut < 0 and got > max_line:  # read past it, keeping its head
+            # pieces of at most max_line - batch_bytes: what follows the line's LF (the
+            # next buffer's start) then leaves room to find the next line's end
+            piece = max(1, min(OUT_CHUNK, max_line - batch_bytes))
+            batch, rest = _too_long(view, _pieces_of(src, piece), line_no, offset)
+            yield batch
+            line_no, offset = line_no + 1, offset + batch.too_long + 1
+            continue
         if cut < 0:  # one line longer than the buffer: keep reading
             rest = bytes(view)
             continue

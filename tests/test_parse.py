@@ -167,6 +167,20 @@ def test_a_huge_line_that_cannot_be_an_object_is_set_aside_unparsed(monkeypatch)
     assert result.rows_written == 1 and result.blank_lines == 1
 
 
+def test_a_line_over_the_limit_is_a_too_long_reject_of_its_head():
+    """The line batches hand over a line longer than the limit alone, with its length and
+    head (etl.shards): one too_long reject, kept as far as it was, saying where it is."""
+    batch = LineBatch(None, 7, 1234, b'{"id": "a", "body": "xxx', too_long=90_000_000)
+    batch.know_count(1)
+    result = Parser(SCHEMA).parse_batch(batch)
+    assert_accounting(result)
+    [rej] = result.rejects
+    assert (rej.line_no, rej.offset, rej.reason, rej.raw) == \
+        (7, 1234, "too_long", b'{"id": "a", "body": "xxx')
+    assert "90,000,000 bytes" in rej.error and "at byte 1,234" in rej.error
+    assert result.rows_written == 0 and result.lines == 1
+
+
 def test_first_bad_field_in_schema_order_names_the_reject():
     result = parse(SCHEMA, [b'{"n": "x", "ts": "y"}', b'{"id": "a", "n": "x", "ts": "y"}'])
     assert reasons(result) == ["missing:id", "type:n"]

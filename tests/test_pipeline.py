@@ -91,6 +91,35 @@ def test_rejects_are_kept_byte_for_byte(tmp_path):
                                               "missing:id", "type:score"}
 
 
+@pytest.mark.parametrize("codec", ["none", "gz"])
+def test_a_line_over_max_line_is_rejected_with_its_head(tmp_path, codec):
+    """A line longer than --max-line-mb is a too_long reject that keeps its first 64 KiB
+    and says where the whole line is; the lines around it are read as ever. Plain text is
+    read into the batches, gzip in pieces. A limit below the batch size plus 4 MiB is
+    refused, naming both flags."""
+    good = sample_bytes(300, seed=5, bad_rate=0)
+    huge = b'[{"id": "' + b"x" * (6 << 20) + b'"}]\r'
+    data = good + huge + b"\n" + good
+    shard = write_shard(tmp_path, f"s.{codec}", data, codec)
+    out = tmp_path / "out"
+    proc = run_etl("ingest", shard, "--schema", COMMENTS, "--out", out, "--batch-mb", "1",
+                   "--max-line-mb", "5", "--report", tmp_path / "r.json", "--quiet",
+                   "--scheduler", "synchronous", check=0)
+    report = json.loads((tmp_path / "r.json").read_text())
+    (tmp_path / "w").mkdir()
+    whole = etl.ingest([write_shard(tmp_path / "w", f"s.{codec}", good + good, codec)],
+                       COMMENTS, tmp_path / "w-out", scheduler="synchronous")
+    assert report["rejects_by_reason"] == {"too_long": 1}, proc.stderr.decode()
+    assert report["lines"] == 601 and report["rows_written"] == whole["rows_written"]
+    [reject] = pq.read_table(out / "_rejects").to_pylist()
+    assert reject["line_no"] == 301 and reject["offset"] == len(good)
+    assert reject["line"] == huge[:64 << 10] and f"{len(huge):,} bytes" in reject["error"]
+    assert f"at byte {len(good):,}" in reject["error"]
+    refused = run_etl("ingest", shard, "--schema", COMMENTS, "--out", out, "--batch-mb", "8",
+                      "--max-line-mb", "10", check=2)
+    assert b"--max-line-mb" in refused.stderr and b"--batch-mb" in refused.stderr
+
+
 def test_rerun_skips_finished_and_redoes_changed_shards(tmp_path):
     a = write_shard(tmp_path, "a.zst", sample_bytes(1500, seed=1), "zst")
     b = write_shard(tmp_path, "b.gz", sample_bytes(1500, seed=2), "gz")

@@ -633,6 +633,55 @@ def test_line_longer_than_the_batch_stays_whole():
     assert batches[0].lines[0] == long
 
 
+LIMITED = (b"short\n" + b"a" * 40 + b"\n" + b"b" * 41 + b"\n" + b"c" * 500 + b"\r\n" + b"{}\n"
+           + b"d" * 39 + b"\n\n" + b"e" * 95 + b"\n" + b"f" * 300)  # ends past the limit
+
+
+def limited(data: bytes, max_line: int, kept: int) -> list[tuple[int, int, int, bytes]]:
+    """(line no, offset, too_long length or 0, the line or its kept head), the slow way."""
+    lines, offsets = expected_lines(data)
+    return [(i + 1, off, len(ln) if len(ln) > max_line else 0,
+             ln[:kept] if len(ln) > max_line else ln)
+            for i, (ln, off) in enumerate(zip(lines, offsets))]
+
+
+def seen(batches) -> list[tuple[int, int, int, bytes]]:
+    out = []
+    for b in batches:
+        if b.too_long:
+            assert b.count == 1 and b.lines == [bytes(b.raw)]
+            out.append((b.first_line_no, b.first_offset, b.too_long, bytes(b.raw)))
+            continue
+        no, off = b.first_line_no, b.first_offset
+        for ln in b.lines:
+            out.append((no, off, 0, ln))
+            no, off = no + 1, off + len(ln) + 1
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_line_over_the_limit_is_read_past_keeping_its_head(seed, monkeypatch, tmp_path):
+    """Every line longer than ``max_line`` (and only those) comes as a batch of its own,
+    ``too_long`` its full length, only its head kept; the rest is read past, so memory
+    does not grow with it. The same lines, numbers and offsets on every path: pieces of
+    any size (at most max_line - batch_bytes), a plain file read into the batches, and
+    zstd and xz decoded into them."""
+    import etl.shards
+
+    monkeypatch.setattr(etl.shards, "KEPT_OF_TOO_LONG", 8)
+    want = limited(LIMITED, 40, 8)
+    assert [w[2] for w in want] == [0, 0, 41, 501, 0, 0, 0, 95, 300]  # CR counts
+    chunks = random_chunks(LIMITED, random.Random(seed), most=7)
+    assert seen(iter_line_batches(iter(chunks), 16, 40)) == want
+    plain = tmp_path / "p.ndjson"
+    plain.write_bytes(LIMITED)
+    for codec, batch_bytes in (("plain", 16), ("plain", 1), ("zstd", 16), ("xz", 3)):
+        with open(plain, "rb") as fh:
+            raw = fh if codec == "plain" else Trickle(pack(codec, LIMITED), 1 + seed * 50)
+            chunks = iter_chunks(raw, str(plain), fill=True)
+            assert seen(iter_line_batches(chunks, batch_bytes, 40)) == want, codec
+
+
 def test_batches_stay_near_batch_bytes_unless_one_line_is_longer():
     data = LINE_CASES["long-line"] + SMALL
     for b in iter_line_batches(iter([bytes([c]) for c in data]), 16):
