@@ -26,6 +26,7 @@ schema order is named. Nothing here does I/O.
 from __future__ import annotations
 
 import itertools
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -43,6 +44,7 @@ BOM = b"\xef\xbb\xbf"
 BLANK = object()  # _retry's answer for a whitespace-only line (None is JSON null)
 SLICE_LINES = 4096  # lines whose decoded objects live at once: bounds Python object memory
 BIG_LINE = 16 << 20  # a line this long that cannot be an object is not parsed (see _decode)
+_FIRST_BYTE = re.compile(rb"[^ \t\r\n]")  # JSON's whitespace ends there
 SCAN_KEYS = 1024  # most top-level keys the scanner reads (etl/_scan.c MAX_KEYS)
 STRINGS_UP_TO = 1 << 31  # batches up to this size get Arrow strings (int32 offsets)
 
@@ -386,10 +388,9 @@ def _not_an_object(line: bytes) -> str | None:
     (after a BOM and whitespace), so it is set aside unparsed, kept whole as every
     reject is, whether the rest of it is valid JSON or not.
     """
-    body = line[3:] if line.startswith(BOM) else line
-    at = len(body) - len(body.lstrip(b" \t\r\n"))
-    if at == len(body) or body[at:at + 1] == b"{":
+    first = _FIRST_BYTE.search(line, 3 if line.startswith(BOM) else 0)  # no copy made
+    if first is None or first.group() == b"{":
         return None
     return (f"expected a JSON object, got a line of {len(line):,} bytes starting with "
-            f"{body[at:at + 1].decode('latin-1')!r} (over {BIG_LINE >> 20} MiB: not parsed; "
+            f"{first.group().decode('latin-1')!r} (over {BIG_LINE >> 20} MiB: not parsed; "
             "is it a JSON array file rather than NDJSON?)")
