@@ -89,17 +89,18 @@ def limit_of(results: list[Result], codec: str) -> float | None:
     One-core rows count too: two cores can always do what one does, and on a busy
     machine two decompressors at once can come out slower than one alone.
     """
-    speeds = [r.mb_per_s for r in results if r.step.codec == codec
-              and r.step.kind in ("limit1", "limit2") and r.mb_per_s]
-    return max(speeds, default=None)
+    return _fastest(results, codec, ("limit1", "limit2"))
 
 
 def decoder_of(results: list[Result], codec: str) -> float | None:
     """The MB/s of decompression alone through the decoder etl links (``bench/decode.py``),
     where it is not the tool's: the fastest of its rows (one core or two), as ``limit_of``."""
-    speeds = [r.mb_per_s for r in results if r.step.codec == codec
-              and r.step.kind in ("decoder1", "decoder2") and r.mb_per_s]
-    return max(speeds, default=None)
+    return _fastest(results, codec, ("decoder1", "decoder2"))
+
+
+def _fastest(results: list[Result], codec: str, kinds: tuple[str, ...]) -> float | None:
+    return max((r.mb_per_s for r in results if r.step.codec == codec
+                and r.step.kind in kinds and r.mb_per_s), default=None)
 
 
 def speed_ratio(results: list[Result], codec: str) -> float | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from etl.schema import Schema
-from etl.shards import BATCH_BYTES, MAX_LINE, OUT_CHUNK
+from etl.shards import BATCH_BYTES, OUT_CHUNK
 from etl.split import PART_BYTES
 
 SCHEDULERS = ("synchronous", "threads", "processes")
@@ -55,10 +55,3 @@ class IngestConfig:
                 f"({self.batch_bytes + OUT_CHUNK}): raise --max-line-mb or lower --batch-mb")
         if self.part_bytes < 0:
             raise ConfigError(f"part size {self.part_bytes} bytes is negative (0: never split)")
-
-    @property
-    def max_line(self) -> int:
-        """The longest line read whole (``max_line_bytes``, or its default)."""
-        if self.max_line_bytes is not None:
-            return self.max_line_bytes
-        return max(MAX_LINE, self.batch_bytes + OUT_CHUNK)

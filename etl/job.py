@@ -128,7 +128,7 @@ def _stream(shard: Shard, ident: str, part: int | None, chunks, counter: list[in
     reasons: Counter = Counter()
     progress = _Progress(cfg.out, ident, cfg.progress)
     try:
-        for batch in iter_line_batches(chunks, cfg.batch_bytes, cfg.max_line):
+        for batch in iter_line_batches(chunks, cfg.batch_bytes, cfg.max_line_bytes):
             res = parser.parse_batch(batch)
             writer.write(res.table)
             rejects.write(res.rejects)

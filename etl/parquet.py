@@ -136,7 +136,8 @@ class ShardWriter:
             else self.out.join(name)
         self.out.makedirs(os.path.dirname(final))
         self._seq += 1
-        writer = _new_writer(self.out, _tmp(final), self.schema, self._dictionary)
+        writer = _new_writer(self.out, _tmp(final), self.schema,
+                             use_dictionary=self._dictionary)
         return _DateFile(final, writer)
 
     def _close(self, date: str) -> None:
@@ -191,9 +192,7 @@ def dictionary_columns(table: pa.Table) -> list[str]:
     return chosen
 
 
-def _new_writer(out: Folder, tmp: str, schema: pa.Schema,
-                dictionary: list[str] | bool = True) -> pq.ParquetWriter:
-    options = REJECT_OPTIONS if schema is REJECT_SCHEMA else {"use_dictionary": dictionary}
+def _new_writer(out: Folder, tmp: str, schema: pa.Schema, **options) -> pq.ParquetWriter:
     try:
         return pq.ParquetWriter(tmp, schema, compression="zstd", filesystem=out.arrow_fs,
                                 **options)
@@ -258,7 +257,7 @@ def merge_rejects(out: str, shard_id: str, pieces: list[tuple[str, int, int]]) -
     if not pieces:
         folder.remove(final)
         return None
-    writer = _new_writer(folder, _tmp(final), REJECT_SCHEMA)
+    writer = _new_writer(folder, _tmp(final), REJECT_SCHEMA, **REJECT_OPTIONS)
     try:
         for path, lines, offset in pieces:
             for batch in pq.ParquetFile(path, filesystem=folder.arrow_fs).iter_batches():
@@ -293,7 +292,8 @@ class RejectWriter:
             return
         if self._writer is None:
             self.out.makedirs(os.path.dirname(self.final))
-            self._writer = _new_writer(self.out, _tmp(self.final), REJECT_SCHEMA)
+            self._writer = _new_writer(self.out, _tmp(self.final), REJECT_SCHEMA,
+                                       **REJECT_OPTIONS)
         cols = {
             "shard": [self.shard_path] * len(rejects),
             "line_no": [r.line_no for r in rejects], "offset": [r.offset for r in rejects],

@@ -563,7 +563,7 @@ def _plain(head: bytes, reader: _Reader) -> Iterator[bytes]:
 # ---------------------------------------------------------------- lines
 
 def iter_line_batches(chunks: Iterator[bytes], batch_bytes: int = BATCH_BYTES,
-                      max_line: int = MAX_LINE) -> Iterator[LineBatch]:
+                      max_line: int | None = None) -> Iterator[LineBatch]:
     """Cut decompressed pieces into batches of whole lines (LF ends a line).
 
     A last line without a newline counts. CR before LF stays on the line
@@ -572,8 +572,10 @@ def iter_line_batches(chunks: Iterator[bytes], batch_bytes: int = BATCH_BYTES,
     its length and only its first ``KEPT_OF_TOO_LONG`` bytes, the rest read past up to
     its newline, so memory stays bounded whatever the input. ``max_line`` must be at
     least ``batch_bytes + OUT_CHUNK`` (``IngestConfig`` sees to it): only a batch's first
-    line can then be longer (the others lie within one batch and one piece).
+    line can then be longer (the others lie within one batch and one piece). None:
+    ``MAX_LINE``, or ``batch_bytes + OUT_CHUNK`` if that is more.
     """
+    max_line = max_line or max(MAX_LINE, batch_bytes + OUT_CHUNK)
     chunks = iter(chunks)
     pending: list[bytes] = []
     pending_len, line_no, offset = 0, 1, 0
@@ -586,8 +588,8 @@ def iter_line_batches(chunks: Iterator[bytes], batch_bytes: int = BATCH_BYTES,
         if pending_len < batch_bytes:
             continue
         data = b"".join(pending)
-        first = data.find(b"\n", 0, max_line + 1)  # only the first line can be that long
-        if first < 0 and len(data) > max_line:  # read past it, keeping its head
+        # only the first line can be that long: past it, read on keeping only its head
+        if len(data) > max_line and data.find(b"\n", 0, max_line + 1) < 0:
             end = data.find(b"\n", max_line + 1)
             if end < 0:
                 batch, rest = _too_long(data, lambda: next(chunks, None), line_no, offset)
@@ -646,8 +648,7 @@ def _long_line(head: bytes | memoryview, length: int, line_no: int, offset: int)
     return batch
 
 
-def _filled_batches(src: _Fill, batch_bytes: int, max_line: int = MAX_LINE
-                    ) -> Iterator[LineBatch]:
+def _filled_batches(src: _Fill, batch_bytes: int, max_line: int) -> Iterator[LineBatch]:
     """``iter_line_batches`` over a stream read (plain text) or decompressed (zstd)
     straight into each batch's own buffer.
 

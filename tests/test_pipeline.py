@@ -834,7 +834,7 @@ def test_dictionaries_go_to_repetitive_columns_lists_included(tmp_path):
     assert parquet.dictionary_columns(table) == ["sub", "tags.list.element", "flag"]
     path = tmp_path / "t.parquet"
     writer = parquet._new_writer(parquet.Folder(str(tmp_path)), str(path), table.schema,
-                                 parquet.dictionary_columns(table))
+                                 use_dictionary=parquet.dictionary_columns(table))
     writer.write_table(table)
     writer.close()
     meta = pq.ParquetFile(path).metadata.row_group(0)
