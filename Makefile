@@ -63,13 +63,15 @@ chaos: setup
 test-quick: setup
 	$(BIN)/pytest -q -m "not slow"
 
-## Benchmarks (6 to 12 min; the first run builds 1.1 GB of data in bench/data/); writes bench/RESULTS.md
+## Benchmarks (8 to 14 min; the first run builds 1.1 GB of data in bench/data/); writes bench/RESULTS.md
 bench: setup
+	bash .ci/tools  # the compressors, ncat, socat and PostgreSQL it compares against (apt, as root)
 	$(BIN)/python -c "import polars" 2>/dev/null || $(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run.py
 
 ## Quick benchmark (< 2 min): etl's zst ratio to DuckDB and xz ratio to the decompression limit
 bench-quick: setup
+	bash .ci/tools
 	$(BIN)/python -c "import polars" 2>/dev/null || $(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run.py --quick
 

@@ -277,14 +277,14 @@ def run_quick(args) -> list[Result]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="zst and xz on ~220 MB (make bench-quick)")
-    p.add_argument("--repeat", type=int, help="runs per step, fastest kept "
-                   "(default 2; 3 with --quick)")
+    p.add_argument("--repeat", type=int, help="interleaved rounds, each step's fastest run "
+                   "kept (default 3)")
     p.add_argument("--codecs", help=f"comma-separated subset of {','.join(data.CODECS)}")
     p.add_argument("--no-memory", action="store_true", help="skip the 1x/4x memory runs")
     p.add_argument("--no-load", action="store_true", help="skip the load comparisons")
     p.add_argument("--no-spool", action="store_true", help="skip the spooler comparison")
     args = p.parse_args()
-    args.repeat = args.repeat or (3 if args.quick else 2)
+    args.repeat = args.repeat or 3
     start = time.monotonic()
     (run_quick if args.quick else run_full)(args)
     print(f"\nbench took {time.monotonic() - start:.0f} s")
