@@ -25,7 +25,7 @@ def load_schema(path):
 
 def ingest(inputs, schema, out, *, report=None, scheduler=None, batch_bytes=8 << 20,
            force=False, stdin_name="stdin", progress=False, part_bytes=128 << 20,
-           max_line_bytes=None) -> dict:
+           max_line_bytes=None, workers=None) -> dict:
     """Ingest shards into typed, partitioned Parquet under ``out``; return the run report.
 
     Parameters
@@ -41,9 +41,10 @@ def ingest(inputs, schema, out, *, report=None, scheduler=None, batch_bytes=8 <<
     scheduler : str, optional
         ``synchronous``, ``threads``, ``processes`` or ``tcp://HOST:PORT``;
         default processes on 2+ cores.
-    batch_bytes, force, stdin_name, progress, part_bytes, max_line_bytes
+    batch_bytes, force, stdin_name, progress, part_bytes, max_line_bytes, workers
         As the CLI's ``--batch-mb``, ``--force``, ``--stdin-name``, progress bar,
-        ``--part-mb`` (0: never split a shard) and ``--max-line-mb`` (None: its default).
+        ``--part-mb`` (0: never split a shard), ``--max-line-mb`` (None: its default)
+        and ``--workers`` (None: one per usable core).
 
     Returns
     -------
@@ -60,7 +61,8 @@ def ingest(inputs, schema, out, *, report=None, scheduler=None, batch_bytes=8 <<
     if isinstance(inputs, str):
         inputs = [inputs]
     cfg = IngestConfig(schema=schema if isinstance(schema, Schema) else load_schema(schema),
-                       out=str(out), scheduler=scheduler or default_scheduler(),
+                       out=str(out), scheduler=scheduler or default_scheduler(workers),
+                       workers=workers,
                        batch_bytes=batch_bytes, force=force, stdin_name=stdin_name,
                        progress=progress, part_bytes=part_bytes,
                        max_line_bytes=max_line_bytes)

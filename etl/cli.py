@@ -105,6 +105,11 @@ def _ingest_args(p: argparse.ArgumentParser) -> None:
                         "xz, bgzip) into parts of about this many compressed MB, run in "
                         "parallel, when that keeps cores busy (fewer shards than cores, or "
                         "this one over a core's share); 0 never splits (default 128)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   default=os.environ.get("ETL_WORKERS") or None,
+                   help="local worker processes (or threads) at most (default: "
+                        "$ETL_WORKERS, else one per core this process may use: its CPU "
+                        "affinity and its cgroup's CPU quota, as in a container)")
     p.add_argument("--force", action="store_true", help="redo shards already finished")
     p.add_argument("--stdin-name", default="stdin",
                    help="identity of '-' (output file names derive from it; default stdin)")
@@ -181,7 +186,7 @@ def _ingest_once(args) -> int:
     for name, value in workers.PROCESS_ENV.items():  # before numpy and pyarrow load
         os.environ.setdefault(name, value)
 
-    scheduler = args.scheduler or workers.default_scheduler()
+    scheduler = args.scheduler or workers.default_scheduler(args.workers)
     if scheduler == "processes":
         workers.start_early()  # run() has begun it, unless its guess missed: the server
     elif scheduler in ("synchronous", "threads"):  # the shards are read in this process:
@@ -200,7 +205,8 @@ def _ingest_started(args, done_with_workers) -> int:
     from etl.schema import load_schema
 
     cfg = IngestConfig(schema=load_schema(args.schema), out=args.out,
-                       scheduler=args.scheduler or default_scheduler(),
+                       scheduler=args.scheduler or default_scheduler(args.workers),
+                       workers=args.workers,
                        batch_bytes=int(args.batch_mb * (1 << 20)), force=args.force,
                        stdin_name=args.stdin_name, part_bytes=int(args.part_mb * (1 << 20)),
                        max_line_bytes=None if args.max_line_mb is None
@@ -338,13 +344,17 @@ def _asks_for_local_workers(argv: list[str]) -> bool:
         return False
     from etl import workers
 
-    scheduler = None
+    given = {}
     for i, arg in enumerate(argv):
-        if arg == "--scheduler" and i + 1 < len(argv):
-            scheduler = argv[i + 1]
-        elif arg.startswith("--scheduler="):
-            scheduler = arg.partition("=")[2]
-    return (scheduler or workers.default_scheduler()) == "processes"
+        for flag in ("--scheduler", "--workers"):
+            if arg == flag and i + 1 < len(argv):
+                given[flag] = argv[i + 1]
+            elif arg.startswith(flag + "="):
+                given[flag] = arg.partition("=")[2]
+    count = given.get("--workers", os.environ.get("ETL_WORKERS", ""))
+    count = int(count) if count.strip().isdigit() else None
+    scheduler = given.get("--scheduler") or os.environ.get("ETL_SCHEDULER")
+    return (scheduler or workers.default_scheduler(count)) == "processes"
 
 
 def run() -> None:

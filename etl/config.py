@@ -28,6 +28,8 @@ class IngestConfig:
         many compressed bytes, run in parallel; 0 never splits.
     max_line_bytes : the longest line read whole; a longer one is a ``too_long`` reject
         that keeps its first 64 KiB. None: 64 MiB, or the batch size plus 4 MiB if more.
+    workers : local worker processes (``processes``) or threads (``threads``) at most.
+        None: one per usable core (``etl.workers.usable_cores``).
     """
 
     schema: Schema
@@ -39,6 +41,7 @@ class IngestConfig:
     progress: bool = True
     part_bytes: int = PART_BYTES
     max_line_bytes: int | None = None
+    workers: int | None = None
 
     def __post_init__(self):
         from etl.errors import ConfigError
@@ -47,6 +50,12 @@ class IngestConfig:
         if s not in SCHEDULERS and not s.startswith(("tcp://", "tls://", "ws://", "inproc://")):
             raise ConfigError(f"unknown scheduler {s!r}: use one of {', '.join(SCHEDULERS)} "
                               "or a distributed address like tcp://HOST:8786")
+        if self.workers is not None:
+            if s not in SCHEDULERS:
+                raise ConfigError(f"--workers sets this machine's workers; the Dask cluster at "
+                                  f"{s} has its own (start more dask workers there)")
+            if self.workers < 1:
+                raise ConfigError(f"--workers {self.workers}: at least 1")
         if self.batch_bytes < 1024:
             raise ConfigError(f"batch size {self.batch_bytes} bytes is too small (min 1024)")
         if self.max_line_bytes is not None and self.max_line_bytes < self.batch_bytes + OUT_CHUNK:

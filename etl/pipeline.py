@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from etl.config import IngestConfig
 from etl.errors import ConfigError
 from etl import split, workers
+from etl.logs import event
 from etl.job import (finish_parts, lost_record, prepare_parts, process_part, process_shard,
                      quick_skip)
 from etl.report import ProgressBar, build_report
@@ -75,10 +76,12 @@ def _compute(items: list, cfg: IngestConfig, announce: bool = False,
     """``_process`` over every item, in any order, on the configured scheduler;
     ``started()`` (if given) once the workers have started (see ``workers.run_local``)."""
     scheduler = cfg.scheduler
+    if announce and "://" not in scheduler:
+        _announce(len(items), cfg)
     if scheduler == "processes":
         return workers.run_local(_process, _biggest_first(items), cfg,
                                  lost=lambda item, why: lost_record(item, cfg, why),
-                                 started=started)
+                                 started=started, workers=cfg.workers)
     if started is not None:
         started()
     bag = shard_bag(items).map(_process, cfg)
@@ -88,8 +91,10 @@ def _compute(items: list, cfg: IngestConfig, announce: bool = False,
         import dask.local
         import dask.threaded
 
-        get = {"synchronous": dask.local.get_sync, "threads": dask.threaded.get}[scheduler]
-        return bag.compute(scheduler=get)
+        if scheduler == "threads":
+            return bag.compute(scheduler=dask.threaded.get,
+                               num_workers=workers.pool_size(cfg.workers, len(items)))
+        return bag.compute(scheduler=dask.local.get_sync)
     from distributed import Client
 
     with Client(scheduler) as client:
@@ -99,13 +104,13 @@ def _compute(items: list, cfg: IngestConfig, announce: bool = False,
         return client.compute(bag).result()
 
 
-def _splitting(files: list[Shard], scheduler: str):
-    """Which shards to split: only to keep cores busy. On a local machine, when there
-    are fewer shards than cores, or a shard is more than a core's share of the run.
+def _splitting(files: list[Shard], scheduler: str, count: int | None = None):
+    """Which shards to split: only to keep workers busy. On a local machine, when there
+    are fewer shards than workers, or a shard is more than a worker's share of the run.
     Four shards on two cores run as four tasks: parts would only add files and task
     set-up (plain text measured 2.11-2.48 s whole, 2.46-3.56 s in 128 MB parts). On a
     cluster the cores are many and unknown here: big shards always split."""
-    cores = os.cpu_count() or 1
+    cores = count or workers.usable_cores()
     if "://" in scheduler or len(files) < cores:
         return lambda shard: True
     share = sum(s.size or 0 for s in files) / cores
@@ -115,7 +120,7 @@ def _splitting(files: list[Shard], scheduler: str):
 def _plan(files: list[Shard], cfg: IngestConfig, records: list[dict]):
     """The tasks: whole shards, and the parts of big ones that split; skipped ones to records."""
     items, split_shards = [], {}
-    worth_splitting = _splitting(files, cfg.scheduler)
+    worth_splitting = _splitting(files, cfg.scheduler, cfg.workers)
     for shard in files:
         parts = split.plan(shard, cfg.part_bytes) if worth_splitting(shard) else None
         if parts is None:
@@ -134,6 +139,16 @@ def _plan(files: list[Shard], cfg: IngestConfig, records: list[dict]):
 
 def _process(item: Shard | Part, cfg: IngestConfig) -> dict:
     return process_part(item, cfg) if isinstance(item, Part) else process_shard(item, cfg)
+
+
+def _announce(tasks: int, cfg: IngestConfig) -> None:
+    """Log how many local workers run the tasks (event ``workers``)."""
+    named = {"processes": ("worker process", "worker processes"), "threads": ("thread", "threads")}
+    n = 1 if cfg.scheduler == "synchronous" else workers.pool_size(cfg.workers, tasks)
+    what = f"{tasks} task{'s' if tasks != 1 else ''}"
+    where = f"on {n} {named[cfg.scheduler][n != 1]}" if cfg.scheduler in named \
+        else "in this process"
+    event("workers", f"{what} {where}", scheduler=cfg.scheduler, workers=n, tasks=tasks)
 
 
 def _outside(shards: list[Shard], out: str) -> list[Shard]:

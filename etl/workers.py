@@ -42,9 +42,82 @@ _server_failed = False  # the fork server would not start here: spawn from then 
 _ready_here = False  # this process imported what workers need itself: it forks them
 
 
-def default_scheduler() -> str:
-    """Processes on 2+ cores (parsing holds the GIL), else synchronous."""
-    return "processes" if (os.cpu_count() or 1) >= 2 else "synchronous"
+def default_scheduler(workers: int | None = None) -> str:
+    """Processes for 2+ workers (parsing holds the GIL), else synchronous; ``workers``:
+    the count asked for, else one per usable core."""
+    return "processes" if (workers or usable_cores()) >= 2 else "synchronous"
+
+
+def pool_size(asked: int | None, tasks: int) -> int:
+    """Workers for ``tasks`` tasks: ``asked`` (else one per usable core), at most one a task."""
+    return max(1, min(asked or usable_cores(), tasks))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (``taskset``, a container's
+    cpuset), capped by its cgroup's CPU quota (``docker run --cpus``, a Kubernetes CPU
+    limit). ``os.cpu_count()`` counts the host's: a 2-CPU container on a 64-core host
+    would start 64 workers, each with its batches, its Parquet writers and its zstd
+    window, and run them in turns."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        n = os.cpu_count() or 1
+    quota = cgroup_cpu_limit()
+    return max(1, min(n, quota) if quota else n)
+
+
+def cgroup_cpu_limit(root: str = "/sys/fs/cgroup", own: str = "/proc/self/cgroup") -> int | None:
+    """CPUs this process's cgroups allow by quota, rounded up (the smallest along its
+    cgroup and their parents, v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``); None without
+    a quota, or where cgroups cannot be read."""
+    try:
+        with open(own) as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: one hierarchy
+            folders, names = [root], ("cpu.max",)
+        elif "cpu" in controllers.split(","):  # v1: the cpu controller's hierarchy
+            folders, names = [os.path.join(root, c) for c in ("cpu", "cpu,cpuacct")], \
+                ("cpu.cfs_quota_us", "cpu.cfs_period_us")
+        else:
+            continue
+        for folder in folders:
+            for at in _up_from(path):
+                limit = _quota(os.path.join(folder, at), names)
+                if limit:
+                    limits.append(limit)
+    return min(limits) if limits else None
+
+
+def _up_from(path: str) -> list[str]:
+    """A cgroup's path relative to its hierarchy's root, then its parents' ("" last)."""
+    parts = [p for p in path.split("/") if p]
+    return ["/".join(parts[:i]) for i in range(len(parts), -1, -1)]
+
+
+def _quota(folder: str, names: tuple[str, ...]) -> int | None:
+    try:
+        texts = []
+        for name in names:
+            with open(os.path.join(folder, name)) as fh:
+                texts.append(fh.read().split())
+    except OSError:
+        return None
+    try:
+        if len(names) == 1:  # cpu.max: "max 100000" or "QUOTA PERIOD"
+            quota, period = texts[0][0], texts[0][1]
+        else:
+            quota, period = texts[0][0], texts[1][0]
+        if quota in ("max", "-1"):
+            return None
+        return max(1, -(-int(quota) // int(period)))
+    except (IndexError, ValueError, ZeroDivisionError):
+        return None
 
 
 def context() -> str:
@@ -106,10 +179,11 @@ def start_early(here: bool = False) -> None:
                 os.environ[k] = v
 
 
-def run_local(fn, items: list, arg, lost=None, started=None) -> list:
+def run_local(fn, items: list, arg, lost=None, started=None, workers: int | None = None) -> list:
     """``fn(item, arg)`` for every item, on local worker processes; results in item order.
 
-    One task per hand-out, in the order given, on up to one worker per core. A plain
+    One task per hand-out, in the order given, on up to ``workers`` processes (default:
+    one per usable core), never more than there are items. A plain
     process pool (what dask's own multiprocessing scheduler runs on, too), so neither
     this process nor the workers import dask for a flat map of independent tasks.
     When a worker process dies (killed, out of memory), the pool is broken: every task
@@ -123,7 +197,7 @@ def run_local(fn, items: list, arg, lost=None, started=None) -> list:
     from concurrent.futures.process import BrokenProcessPool
 
     start_early()  # started already, or this process forks them; else here, or spawn
-    n = max(1, min(os.cpu_count() or 1, len(items)))
+    n = pool_size(workers, len(items))
     pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context(context()),
                                initializer=pool_worker_start)
     broken = object()

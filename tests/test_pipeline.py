@@ -731,12 +731,17 @@ def test_the_cli_reading_shards_itself_starts_as_a_worker(tmp_path, scheduler):
     (["ingest", "--help"], 2, False),
     (["load", "--from", "out/"], 2, False),
     ([], 2, False),
+    (["ingest", "in/", "--workers", "1"], 2, False),
+    (["ingest", "in/", "--workers=2"], 1, True),
+    (["run", "in/", "--workers", "3", "--scheduler", "threads"], 1, False),
 ])
 def test_the_console_script_guesses_when_to_start_the_workers_early(monkeypatch, argv, cores,
                                                                      wanted):
-    from etl import cli
+    from etl import cli, workers
 
-    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    monkeypatch.delenv("ETL_SCHEDULER", raising=False)
+    monkeypatch.delenv("ETL_WORKERS", raising=False)
+    monkeypatch.setattr(workers, "usable_cores", lambda: cores)
     assert cli._asks_for_local_workers(argv) is wanted
 
 

@@ -89,9 +89,10 @@ def test_log_json_lines(tmp_path):
     proc = run_etl("ingest", shard, "--schema", COMMENTS, "--out", tmp_path / "out",
                    "--scheduler", "synchronous", "--log-json", check=0)
     events = [json.loads(line) for line in proc.stderr.decode().splitlines()]
-    assert [e["event"] for e in events] == ["shard", "done"]
-    assert events[0]["status"] == "ok" and events[0]["path"] == str(shard)
-    assert events[1]["lines"] == 300 and events[1]["exit_code"] == 0
+    assert [e["event"] for e in events] == ["workers", "shard", "done"]
+    assert events[0]["scheduler"] == "synchronous" and events[0]["workers"] == 1
+    assert events[1]["status"] == "ok" and events[1]["path"] == str(shard)
+    assert events[2]["lines"] == 300 and events[2]["exit_code"] == 0
 
 
 @pytest.mark.parametrize("text, seconds", [("30s", 30), ("5m", 300), ("2h", 7200), ("1d", 86400),

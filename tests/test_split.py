@@ -187,16 +187,17 @@ def test_plain_parts_are_equal(tmp_path):
     assert len(parts) == 3 and max(sizes) - min(sizes) <= 1
 
 
-def test_shards_split_only_to_keep_cores_busy(monkeypatch):
+def test_shards_split_only_to_keep_cores_busy():
     """Four equal shards on two cores run whole; one big one, or a straggler, splits."""
     from etl.pipeline import _splitting
     from etl.shards import Shard
 
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
     four = [Shard(f"/d/{i}.ndjson", 275 << 20, 0.0) for i in range(4)]
-    assert not any(map(_splitting(four, "processes"), four))
+    assert not any(map(_splitting(four, "processes", 2), four))
     one = [Shard("/d/big.ndjson", 1 << 30, 0.0)]
-    assert _splitting(one, "processes")(one[0])
+    assert _splitting(one, "processes", 2)(one[0])
     mixed = [Shard("/d/big.ndjson", 10 << 30, 0.0)] + four
-    assert list(map(_splitting(mixed, "processes"), mixed)) == [True] + [False] * 4
-    assert all(map(_splitting(four, "tcp://scheduler:8786"), four))
+    assert list(map(_splitting(mixed, "processes", 2), mixed)) == [True] + [False] * 4
+    assert all(map(_splitting(four, "tcp://scheduler:8786", 2), four))
+    # on 8 workers, four shards are too few to keep them busy: every one splits
+    assert all(map(_splitting(four, "processes", 8), four))
