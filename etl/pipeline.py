@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,8 @@ from etl.job import (finish_parts, lost_record, prepare_parts, process_part, pro
 from etl.report import ProgressBar, build_report
 from etl.schema import Schema
 from etl.storage import Folder
-from etl.shards import Shard, find_shards, iter_chunks, iter_line_batches, open_shard
+from etl.shards import (Shard, find_shards, iter_chunks, iter_line_batches, open_shard,
+                        zstd_window)
 from etl.split import Part
 
 if TYPE_CHECKING:
@@ -162,6 +164,38 @@ def _outside(shards: list[Shard], out: str) -> list[Shard]:
     return kept
 
 
+WORKER_BYTES = 300 << 20  # a worker's own peak at the default batch size, a zstd window
+                          # aside (README: 140-165 MiB measured, with room to spare)
+WINDOW_PEEKS = 64         # shard headers read for their zstd window, biggest shards first
+
+
+def fit_memory(files: list[Shard], cfg: IngestConfig, cores: int | None = None,
+               available: int | None = None) -> IngestConfig:
+    """``cfg`` with fewer local workers than cores when that many would not fit in the
+    memory this process may still take (``available``, else ``workers.memory_available``):
+    each worker holds its own batches and writers and, for a zstd shard, its window (up
+    to 2 GiB with ``--long=31``; the biggest local shards' first frames are read). A
+    count the user gave is kept as given. ``cores``: else ``workers.usable_cores``."""
+    if cfg.workers is not None or cfg.scheduler not in ("processes", "threads") or not files:
+        return cfg
+    cores = cores or workers.usable_cores()
+    available = available or workers.memory_available()
+    if cores < 2 or available is None:
+        return cfg
+    local = [s for s in _biggest_first(files) if "://" not in s.path][:WINDOW_PEEKS]
+    window = max((zstd_window(s) for s in local), default=0)
+    # the command's own process takes about what a worker does, less any window
+    fit = max(1, (available - WORKER_BYTES) // (WORKER_BYTES + window))
+    if fit >= cores:
+        return cfg
+    event("workers_capped", f"{fit} worker{'s' if fit != 1 else ''} instead of {cores}: "
+          f"{available >> 20} MiB of memory left, and each worker may take "
+          f"{(WORKER_BYTES + window) >> 20} MiB ({window >> 20} MiB of it a zstd window); "
+          "--workers overrides", level=logging.WARNING, workers=fit, cores=cores,
+          available=available, window=window)
+    return replace(cfg, workers=fit)
+
+
 def run_ingest(inputs: list[str], cfg: IngestConfig) -> dict:
     """Find the shards, ingest each once, and return the run report (see README)."""
     start = time.monotonic()
@@ -173,6 +207,7 @@ def run_ingest(inputs: list[str], cfg: IngestConfig) -> dict:
     records = [] if cfg.force else [r for r in (quick_skip(s, cfg.out) for s in files) if r]
     done = {r["path"] for r in records}
     files = [s for s in files if s.path not in done]
+    cfg = fit_memory(files, cfg)
     total = sum(s.size or 0 for s in files)
     items, split_shards = _plan(files, cfg, records)
     bar = ProgressBar(cfg.out, total, cfg.progress)

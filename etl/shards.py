@@ -251,6 +251,42 @@ def fingerprint(shard: Shard) -> str | None:
     return h.hexdigest()
 
 
+def zstd_window(shard: Shard) -> int:
+    """Bytes a zstd decoder holds for the shard's first frame (skippable frames passed
+    over): its window, or its content size when known and smaller; with ``--long=31``,
+    up to 2 GiB. 0 for stdin, another codec, or a header that cannot be read."""
+    if shard.is_stdin:
+        return 0
+    try:
+        with open_shard(shard) as fh:
+            for _ in range(16):  # skippable frames first, a few at most
+                head = _read_exact(fh, 18)
+                if len(head) >= 8 and head[0] & 0xF0 == 0x50 and head[1:4] == b"\x2a\x4d\x18":
+                    fh.seek(fh.tell() - len(head) + 8 + int.from_bytes(head[4:8], "little"))
+                    continue
+                return _frame_window(head)
+    except (OSError, ShardError, ValueError):
+        pass
+    return 0
+
+
+def _frame_window(head: bytes) -> int:
+    if len(head) < 6 or head[:4] != b"\x28\xb5\x2f\xfd":
+        return 0
+    fhd = head[4]
+    single, fcs_flag = fhd >> 5 & 1, fhd >> 6
+    at, window = 5, None
+    if not single:  # the window descriptor: exponent and mantissa
+        base = 1 << (10 + (head[5] >> 3))
+        window, at = base + (base >> 3) * (head[5] & 7), 6
+    at += (0, 1, 2, 4)[fhd & 3]  # the dictionary id
+    size = ((1 if single else 0), 2, 4, 8)[fcs_flag]
+    if size and len(head) >= at + size:
+        content = int.from_bytes(head[at:at + size], "little") + (256 if size == 2 else 0)
+        window = content if window is None else min(window, content)
+    return window or 0
+
+
 def _read_exact(fh: BinaryIO, n: int) -> bytes:
     parts, got = [], 0
     while got < n:

@@ -71,53 +71,86 @@ def cgroup_cpu_limit(root: str = "/sys/fs/cgroup", own: str = "/proc/self/cgroup
     """CPUs this process's cgroups allow by quota, rounded up (the smallest along its
     cgroup and their parents, v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``); None without
     a quota, or where cgroups cannot be read."""
+    limits = []
+    for version, values in _cgroup_files(root, own, ("cpu.max",), "cpu",
+                                         ("cpu.cfs_quota_us", "cpu.cfs_period_us")):
+        try:  # v2: "max 100000" or "QUOTA PERIOD"
+            quota = values[0][0]
+            period = values[0][1] if version == 2 else values[1][0]
+            if quota not in ("max", "-1"):
+                limits.append(max(1, -(-int(quota) // int(period))))
+        except (IndexError, ValueError, ZeroDivisionError):
+            continue  # malformed: no limit from it
+    return min(limits) if limits else None
+
+
+def cgroup_memory_left(root: str = "/sys/fs/cgroup", own: str = "/proc/self/cgroup") -> int | None:
+    """Bytes this process's cgroups let it still take (limit less usage, the smallest
+    along its cgroup and their parents, v2 ``memory.max`` or v1 ``memory.limit_in_bytes``);
+    None without a limit, or where cgroups cannot be read."""
+    left = []
+    for _, values in _cgroup_files(root, own, ("memory.max", "memory.current"), "memory",
+                                         ("memory.limit_in_bytes", "memory.usage_in_bytes")):
+        try:
+            limit, used = values[0][0], int(values[1][0])
+            if limit != "max" and int(limit) < 1 << 60:  # v1's "no limit" is a huge number
+                left.append(max(0, int(limit) - used))
+        except (IndexError, ValueError):
+            continue
+    return min(left) if left else None
+
+
+def memory_available(meminfo: str = "/proc/meminfo") -> int | None:
+    """Bytes this process may still take: the kernel's MemAvailable, capped by its
+    cgroup's limit less usage (a container's memory limit); None where neither is known."""
+    known = [cgroup_memory_left()]
+    try:
+        with open(meminfo) as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    known.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    known = [k for k in known if k is not None]
+    return min(known) if known else None
+
+
+def _cgroup_files(root: str, own: str, v2_names: tuple[str, ...], v1_controller: str,
+                  v1_names: tuple[str, ...]):
+    """(version, each named file's words) for every folder along this process's cgroups
+    and their parents that holds all the named files (v2: the unified hierarchy at
+    ``root`` or, on hybrid systems, ``root/unified``; v1: the controller's). Unreadable
+    or malformed files are passed over."""
     try:
         with open(own) as fh:
             lines = fh.read().splitlines()
     except OSError:
-        return None
-    limits = []
+        return
     for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":  # v2: one hierarchy
-            folders, names = [root], ("cpu.max",)
-        elif "cpu" in controllers.split(","):  # v1: the cpu controller's hierarchy
-            folders, names = [os.path.join(root, c) for c in ("cpu", "cpu,cpuacct")], \
-                ("cpu.cfs_quota_us", "cpu.cfs_period_us")
+        try:
+            _, controllers, path = line.split(":", 2)
+        except ValueError:
+            continue
+        if controllers == "":
+            version, names = 2, v2_names
+            folders = [root, os.path.join(root, "unified")]
+        elif v1_controller in controllers.split(","):
+            version, names = 1, v1_names
+            folders = [os.path.join(root, c) for c in (v1_controller, controllers)]
         else:
             continue
-        for folder in folders:
-            for at in _up_from(path):
-                limit = _quota(os.path.join(folder, at), names)
-                if limit:
-                    limits.append(limit)
-    return min(limits) if limits else None
-
-
-def _up_from(path: str) -> list[str]:
-    """A cgroup's path relative to its hierarchy's root, then its parents' ("" last)."""
-    parts = [p for p in path.split("/") if p]
-    return ["/".join(parts[:i]) for i in range(len(parts), -1, -1)]
-
-
-def _quota(folder: str, names: tuple[str, ...]) -> int | None:
-    try:
-        texts = []
-        for name in names:
-            with open(os.path.join(folder, name)) as fh:
-                texts.append(fh.read().split())
-    except OSError:
-        return None
-    try:
-        if len(names) == 1:  # cpu.max: "max 100000" or "QUOTA PERIOD"
-            quota, period = texts[0][0], texts[0][1]
-        else:
-            quota, period = texts[0][0], texts[1][0]
-        if quota in ("max", "-1"):
-            return None
-        return max(1, -(-int(quota) // int(period)))
-    except (IndexError, ValueError, ZeroDivisionError):
-        return None
+        parts = [p for p in path.split("/") if p]
+        for folder in dict.fromkeys(folders):
+            for i in range(len(parts), -1, -1):
+                at = os.path.join(folder, *parts[:i])
+                try:
+                    values = []
+                    for name in names:
+                        with open(os.path.join(at, name)) as fh:
+                            values.append(fh.read().split())
+                except OSError:
+                    continue
+                yield version, values
 
 
 def context() -> str:

@@ -133,3 +133,120 @@ def test_the_python_api_takes_workers(tmp_path, shards):
     assert_accounting(report)
     with pytest.raises(ConfigError, match="at least 1"):
         etl.ingest([shards], COMMENTS, tmp_path / "out2", workers=0)
+
+
+# ------------------------------------------------------------- memory: zstd windows
+
+def zstd_file(path: Path, data: bytes, *args: str, pipe: bool = True) -> Path:
+    """A zstd file by the real tool: from a pipe (no content size in the header), or
+    from a file (content size known)."""
+    zstd = require_tool("zstd")
+    if pipe:
+        path.write_bytes(subprocess.run([zstd, "-q", "-c", *args], input=data,
+                                        capture_output=True, check=True).stdout)
+    else:
+        src = path.with_suffix(".src")
+        src.write_bytes(data)
+        subprocess.run([zstd, "-q", "-f", *args, str(src), "-o", str(path)], check=True)
+    return path
+
+
+def shard(path: Path):
+    from etl.shards import find_shards
+
+    (found,) = find_shards([str(path)])
+    return found
+
+
+def test_a_zstd_window_is_read_from_the_first_frame_header(tmp_path):
+    from etl.shards import zstd_window
+
+    data = sample_bytes(2000, seed=7)
+    long_pipe = zstd_file(tmp_path / "long.zst", data, "--long=31")
+    assert zstd_window(shard(long_pipe)) == 2 << 30  # Pushshift's: the full 2 GiB
+    long_file = zstd_file(tmp_path / "longf.zst", data, "--long=31", pipe=False)
+    assert zstd_window(shard(long_file)) == len(data)  # no more than the content
+    plain = zstd_file(tmp_path / "plain.zst", data)
+    assert 0 < zstd_window(shard(plain)) <= 8 << 20
+    skippable = tmp_path / "skip.zst"  # a skippable frame first, then the long one
+    skippable.write_bytes(b"\x50\x2a\x4d\x18" + (5).to_bytes(4, "little") + b"meta!"
+                          + long_pipe.read_bytes())
+    assert zstd_window(shard(skippable)) == 2 << 30
+    gz = write_shard(tmp_path, "a.gz", data, "gz")
+    text = write_shard(tmp_path, "a.ndjson", data, "none")
+    assert zstd_window(shard(gz)) == zstd_window(shard(text)) == 0
+    truncated = tmp_path / "cut.zst"
+    truncated.write_bytes(long_pipe.read_bytes()[:5])
+    assert zstd_window(shard(truncated)) == 0
+
+
+def config(tmp_path: Path, **kw):
+    from etl.config import IngestConfig
+    from etl.schema import load_schema
+
+    return IngestConfig(schema=load_schema(COMMENTS), out=str(tmp_path / "out"),
+                        scheduler=kw.pop("scheduler", "processes"), **kw)
+
+
+@pytest.fixture
+def etl_logger():
+    """The etl logger, put back as it was after the test."""
+    import logging
+
+    logger = logging.getLogger("etl")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    yield logger
+    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
+
+
+def test_workers_are_fewer_when_their_windows_would_not_fit(tmp_path, capsys, etl_logger):
+    from etl.logs import setup_logging
+    from etl.pipeline import fit_memory
+
+    setup_logging(json_lines=True)  # as --log-json: onto the standard error captured here
+    data = sample_bytes(2000, seed=8)
+    long = [shard(zstd_file(tmp_path / f"RC_{i}.zst", data, "--long=31")) for i in range(4)]
+    plain = [shard(zstd_file(tmp_path / f"p{i}.zst", data)) for i in range(4)]
+    gib = 1 << 30
+    # 4 cores, 3 GiB left: one worker of 300 MiB + a 2 GiB window fits beside the command
+    capped = fit_memory(long, config(tmp_path), cores=4, available=3 * gib)
+    assert capped.workers == 1
+    event = json.loads(capsys.readouterr().err.splitlines()[-1])
+    assert (event["event"], event["level"], event["workers"], event["cores"],
+            event["window"]) == ("workers_capped", "warning", 1, 4, 2 * gib)
+    assert "--workers overrides" in event["message"]
+    # 64 GiB: all four; small windows in 1 GiB: two of about 300 MiB each
+    assert fit_memory(long, config(tmp_path), cores=4, available=64 * gib).workers is None
+    assert fit_memory(plain, config(tmp_path), cores=4, available=gib).workers == 2
+    # a count the user gave, the synchronous scheduler, one core: left as they are
+    assert fit_memory(long, config(tmp_path, workers=3), cores=4, available=gib).workers == 3
+    assert fit_memory(long, config(tmp_path, scheduler="synchronous"), cores=4,
+                      available=gib).workers is None
+    assert fit_memory(long, config(tmp_path), cores=1, available=gib).workers is None
+    assert fit_memory([], config(tmp_path), cores=4, available=gib).workers is None
+
+
+def test_memory_left_in_a_cgroup(tmp_path):
+    from etl.workers import cgroup_memory_left
+
+    root, own = cgroups(tmp_path, "0::/a\n", {"a/memory.max": "4294967296\n",
+                                              "a/memory.current": "1073741824\n"})
+    assert cgroup_memory_left(root, own) == 3 << 30
+    root, own = cgroups(tmp_path / "v1", "9:memory:/d\n0::/\n", {
+        "memory/d/memory.limit_in_bytes": "9223372036854771712\n",  # v1's "no limit"
+        "memory/d/memory.usage_in_bytes": "1000\n"})
+    assert cgroup_memory_left(root, own) is None
+    root, own = cgroups(tmp_path / "v1b", "9:memory:/d\n", {
+        "memory/d/memory.limit_in_bytes": "2000\n", "memory/d/memory.usage_in_bytes": "500\n",
+        "memory/memory.limit_in_bytes": "1200\n", "memory/memory.usage_in_bytes": "600\n"})
+    assert cgroup_memory_left(root, own) == 600  # the parent's is the smaller
+
+
+def test_memory_available_reads_meminfo(tmp_path):
+    from etl.workers import memory_available
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       1000 kB\nMemAvailable:     512 kB\n")
+    left = memory_available(str(meminfo))
+    assert left is not None and left <= 512 * 1024
+    assert memory_available() > 0
