@@ -90,7 +90,7 @@ def cgroup_memory_left(root: str = "/sys/fs/cgroup", own: str = "/proc/self/cgro
     None without a limit, or where cgroups cannot be read."""
     left = []
     for _, values in _cgroup_files(root, own, ("memory.max", "memory.current"), "memory",
-                                         ("memory.limit_in_bytes", "memory.usage_in_bytes")):
+                                   ("memory.limit_in_bytes", "memory.usage_in_bytes")):
         try:
             limit, used = values[0][0], int(values[1][0])
             if limit != "max" and int(limit) < 1 << 60:  # v1's "no limit" is a huge number
