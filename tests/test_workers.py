@@ -218,6 +218,9 @@ def test_workers_are_fewer_when_their_windows_would_not_fit(tmp_path, capsys, et
     # 64 GiB: all four; small windows in 1 GiB: two of about 300 MiB each
     assert fit_memory(long, config(tmp_path), cores=4, available=64 * gib).workers is None
     assert fit_memory(plain, config(tmp_path), cores=4, available=gib).workers == 2
+    # bigger batches, bigger workers: 662 MiB each at 128 MiB batches, so one
+    assert fit_memory(plain, config(tmp_path, batch_bytes=128 << 20), cores=4,
+                      available=gib).workers == 1
     # a count the user gave, the synchronous scheduler, one core: left as they are
     assert fit_memory(long, config(tmp_path, workers=3), cores=4, available=gib).workers == 3
     assert fit_memory(long, config(tmp_path, scheduler="synchronous"), cores=4,
