@@ -261,21 +261,32 @@ def zstd_window(shard: Shard) -> int:
         with open_shard(shard) as fh:
             for _ in range(16):  # skippable frames first, a few at most
                 head = _read_exact(fh, 18)
-                if len(head) >= 8 and head[0] & 0xF0 == 0x50 and head[1:4] == b"\x2a\x4d\x18":
-                    fh.seek(fh.tell() - len(head) + 8 + int.from_bytes(head[4:8], "little"))
-                    continue
-                return _frame_window(head)
+                skip = zstd_skippable(head)
+                if skip is None:
+                    frame = zstd_frame_header(head)
+                    return frame[1] if frame else 0
+                fh.seek(fh.tell() - len(head) + skip)
     except (OSError, ShardError, ValueError):
         pass
     return 0
 
 
-def _frame_window(head: bytes) -> int:
-    if len(head) < 6 or head[:4] != b"\x28\xb5\x2f\xfd":
-        return 0
+def zstd_skippable(head: bytes) -> int | None:
+    """The whole size of the skippable zstd frame that ``head`` starts, or None."""
+    if len(head) >= 8 and head[0] & 0xF0 == 0x50 and head[1:4] == b"\x2a\x4d\x18":
+        return 8 + int.from_bytes(head[4:8], "little")
+    return None
+
+
+def zstd_frame_header(head: bytes) -> tuple[int, int] | None:
+    """(header length, window bytes) of the zstd frame that ``head`` starts (18 bytes
+    hold any header), or None if it starts none. The window is the one the header
+    declares, or the content size when that is given and smaller."""
+    if len(head) < 6 or head[:4] != b"\x28\xb5\x2f\xfd" or head[4] & 0x08:  # reserved bit
+        return None
     fhd = head[4]
     single, fcs_flag = fhd >> 5 & 1, fhd >> 6
-    at, window = 5, None
+    at, window = 5, 0
     if not single:  # the window descriptor: exponent and mantissa
         base = 1 << (10 + (head[5] >> 3))
         window, at = base + (base >> 3) * (head[5] & 7), 6
@@ -283,8 +294,8 @@ def _frame_window(head: bytes) -> int:
     size = ((1 if single else 0), 2, 4, 8)[fcs_flag]
     if size and len(head) >= at + size:
         content = int.from_bytes(head[at:at + size], "little") + (256 if size == 2 else 0)
-        window = content if window is None else min(window, content)
-    return window or 0
+        window = content if single else min(window, content)
+    return at + size, window
 
 
 def _read_exact(fh: BinaryIO, n: int) -> bytes:

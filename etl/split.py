@@ -32,7 +32,8 @@ import zlib
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
-from etl.shards import CODECS, PLAIN, Shard, detect_codec, iter_chunks
+from etl.shards import (CODECS, PLAIN, Shard, detect_codec, iter_chunks, zstd_frame_header,
+                        zstd_skippable)
 
 PART_BYTES = 128 << 20  # default compressed bytes per part
 CODEC_BY_NAME = {c.name: c for c in (*CODECS, PLAIN)}
@@ -186,17 +187,15 @@ def _zstd_members(fh: BinaryIO, size: int) -> list[int] | None:
     while o < size:
         bounds.append(o)
         head = _pread(fh, o, 18)
-        if len(head) >= 8 and head[0] & 0xF0 == 0x50 and head[1:4] == b"\x2a\x4d\x18":
-            o += 8 + struct.unpack_from("<I", head, 4)[0]  # skippable frame
+        skip = zstd_skippable(head)
+        if skip is not None:
+            o += skip
             continue
-        if head[:4] != b"\x28\xb5\x2f\xfd" or len(head) < 6:
+        frame = zstd_frame_header(head)
+        if frame is None:
             return None
-        fhd = head[4]
-        single, checksum, dict_flag, fcs_flag = fhd >> 5 & 1, fhd >> 2 & 1, fhd & 3, fhd >> 6
-        if fhd & 0x08:  # reserved bit
-            return None
-        o += 5 + (0 if single else 1) + (0, 1, 2, 4)[dict_flag] \
-            + ((1 if single else 0), 2, 4, 8)[fcs_flag]
+        checksum = head[4] >> 2 & 1
+        o += frame[0]
         while True:
             h = _pread(fh, o, 3)
             if len(h) < 3:
