@@ -35,8 +35,9 @@ DECOMPRESS = {
 # faster stand-ins measured too when installed; the limit is the fastest 2-core row
 ALTERNATIVES = {"gz": ("pigz", "pigz -dc")}
 # the decoder etl itself links, where it is not the tool's (xz: lzma-cf's liblzma 5.8 against
-# Debian 12's xz 5.4): decompression alone through it, shown beside the limit, not judged
-DECODERS = {"xz": "bench/decode.py"}
+# Debian 12's xz 5.4; bz2: indexed_bzip2 against libbz2): decompression alone through it,
+# shown beside the limit, not judged
+DECODERS = {"xz": "bench/decode.py", "bz2": "bench/decode.py"}
 # extra etl rows, shown but not judged: how etl does with a setting changed by environment
 # (name -> environment), e.g. {"etl, threads": {"ETL_SCHEDULER": "threads"}}
 ETL_VARIANTS: dict[str, dict[str, str]] = {}

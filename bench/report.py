@@ -4,7 +4,7 @@ Ratios compare throughputs (uncompressed input MB / wall second) measured side b
 side in one run: ``× DuckDB`` is a tool's MB/s over DuckDB's for the same codec
 (DuckDB through a pipe where it cannot read the codec), ``× limit`` is over the
 fastest decompression-only row of that codec's tool (two decompressors at once, or one);
-where etl links a faster decoder (xz), its own decompression-only rows are shown and
+where etl links a faster decoder (xz, bz2), its own decompression-only rows are shown and
 etl's ratio over them reported, not judged.
 """
 
@@ -473,7 +473,7 @@ def render(ds, results: list[Result], codecs: tuple[str, ...], machine: list[str
         "where it cannot read the codec). × 2-core limit: over the fastest decompression-only "
         "row of the codec's command-line tool, output to /dev/null (two decompressors at once "
         "over alternate shards, or one alone when a busy machine made that faster). Where etl "
-        "links a faster decoder than the tool's (xz), decompression alone through that decoder "
+        "links a faster decoder than the tool's (xz, bz2), decompression alone through that decoder "
         "is shown too, with etl's ratio over it, but the target stays the tool's limit, as the "
         "issue measured it. Peak RSS: the largest "
         "single process (`ru_maxrss` of the reaped children); whole tree: the peak of the "

@@ -169,11 +169,15 @@ def machine_lines() -> list[str]:
     bzip2 = re.search(r"Version ([\d.]+)", _version(["bzip2", "--help"]))
     xz_lib = _version(["xz", "--version"], "liblzma")
     own = _version([sys.executable, str(ROOT / jobs.DECODERS["xz"]), "--version"])
+    own_bz2 = _version([sys.executable, str(ROOT / jobs.DECODERS["bz2"]), "--version"],
+                       "indexed_bzip2")
     return [f"- machine: {os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, shared and noisy; "
             f"Python {platform.python_version()}",
             f"- DuckDB {duckdb.__version__}, Polars {polars_version}, PyArrow "
             f"{pyarrow.__version__}; {tools}; bzip2 {bzip2.group(1) if bzip2 else '?'}",
-            f"- etl decodes xz with {own}; the `xz` tool here with {xz_lib}"]
+            f"- etl decodes xz with {own}; the `xz` tool here with {xz_lib}",
+            f"- etl decodes bz2 files with {own_bz2} (one thread); the `bzip2` tool with "
+            "libbz2"]
 
 
 def results_path(ds: data.Dataset) -> Path:

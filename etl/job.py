@@ -92,6 +92,20 @@ def _unchanged(prev: dict | None, shard: Shard, fp: str | None) -> bool:
                 and prev.get("size") == shard.size and prev.get("fingerprint") == fp)
 
 
+def shares_process(cfg: IngestConfig) -> bool:
+    """Whether other tasks may run in this task's process, in threads: the threads
+    scheduler, or a Dask worker of more than one thread."""
+    if cfg.scheduler in ("synchronous", "processes"):
+        return False
+    if cfg.scheduler == "threads":
+        return True
+    try:
+        from distributed import get_worker
+        return get_worker().state.nthreads > 1
+    except (ImportError, ValueError, AttributeError):  # not in a worker: assume so
+        return True
+
+
 def _run(shard: Shard, cfg: IngestConfig, start: float) -> dict:
     counter = [0]
     try:
@@ -99,7 +113,8 @@ def _run(shard: Shard, cfg: IngestConfig, start: float) -> dict:
     except Exception as exc:
         return _failed(shard, empty_record(shard, "ok"), exc, start)
     with fh:
-        chunks = iter_chunks(fh, shard.path, counter, fill=True)
+        chunks = iter_chunks(fh, shard.path, counter, fill=True,
+                             shared=shard.is_stdin or shares_process(cfg))
         rec, writer, rejects = _stream(shard, shard.id, None, chunks, counter, cfg, start)
         if rec["status"] != "ok":
             return rec

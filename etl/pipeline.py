@@ -58,8 +58,9 @@ def _tables(shards, schema: Schema, batch_bytes: int):
 
     parser = Parser(schema)
     for shard in shards:
-        with open_shard(shard) as fh:
-            for batch in iter_line_batches(iter_chunks(fh, shard.path, fill=True), batch_bytes):
+        with open_shard(shard) as fh:  # shared: whichever scheduler runs the bag
+            chunks = iter_chunks(fh, shard.path, fill=True, shared=True)
+            for batch in iter_line_batches(chunks, batch_bytes):
                 yield parser.parse_batch(batch).table
 
 

@@ -547,7 +547,8 @@ def _decode(codec: Codec, head: bytes, reader: _Reader) -> Iterator[bytes]:
 
 
 def iter_chunks(fh: BinaryIO, path: str, counter: list[int] | None = None,
-                codec: Codec | None = None, fill: bool = False) -> Iterator[bytes]:
+                codec: Codec | None = None, fill: bool = False,
+                shared: bool = False) -> Iterator[bytes]:
     """Yield decompressed pieces of a raw shard stream, codec found by magic bytes.
 
     ``counter[0]`` (if given) is kept equal to the compressed bytes read so far.
@@ -557,7 +558,9 @@ def iter_chunks(fh: BinaryIO, path: str, counter: list[int] | None = None,
     joined to the next one (memmove 6.3% of a plain run's CPU down to 3.8%, perf); zstd
     and xz from anywhere as one ``etl.libzstd.ZstdFill`` or ``etl.liblzma.XzFill``,
     which decompress straight into them (zstd: memmove 12.2% of a run's CPU down to
-    7.7%, 7% fewer CPU samples, perf).
+    7.7%, 7% fewer CPU samples, perf); bzip2 from a local file as one
+    ``etl.bzip2.Bz2Fill`` (indexed_bzip2's decoder) unless ``shared``: other tasks run
+    in this process's threads, and that decoder holds the GIL (libbz2 lets it go).
     """
     reader = _Reader(fh, path)
     head = reader.read()
@@ -581,6 +584,14 @@ def iter_chunks(fh: BinaryIO, path: str, counter: list[int] | None = None,
             if counter is not None:
                 counter[0] = reader.bytes_read
             yield source(head, reader, counter, lib)
+            return
+    if fill and codec is CODECS[1] and not shared:
+        from etl import bzip2  # it builds on this module
+
+        if bzip2.usable(fh, reader):
+            if counter is not None:
+                counter[0] = reader.bytes_read
+            yield bzip2.Bz2Fill(fh, reader, counter)
             return
     pieces = _plain(head, reader) if codec is PLAIN else _decode(codec, head, reader)
     for piece in pieces:

@@ -12,6 +12,7 @@ import re
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import uuid
 from pathlib import Path
@@ -68,12 +69,34 @@ def unpack_with_tool(codec: str, path: Path) -> subprocess.CompletedProcess:
 ERROR_KINDS = ("truncated", "trailing garbage", "padding", "corrupt")
 
 
-def filled(raw: bytes, path: str, batch_bytes: int = 1 << 16) -> bytes:
-    """``raw`` decoded through line batches with ``fill=True`` (zstd: straight into each
-    batch's buffer), back to the decoded bytes."""
-    batches = list(iter_line_batches(iter_chunks(io.BytesIO(raw), path, fill=True),
-                                     batch_bytes))
+def _filled_from(fh, path: str, batch_bytes: int) -> bytes:
+    batches = list(iter_line_batches(iter_chunks(fh, path, fill=True), batch_bytes))
     return b"".join(bytes(b.joined()) + b"\n" for b in batches)
+
+
+def _outcome(read) -> tuple[bytes | None, CorruptShardError | None]:
+    try:
+        return read(), None
+    except CorruptShardError as exc:
+        return None, exc
+
+
+def filled(raw: bytes, path: str, batch_bytes: int = 1 << 16) -> bytes:
+    """``raw`` decoded through line batches with ``fill=True`` (zstd, xz: straight into
+    each batch's buffer), back to the decoded bytes; read from memory and from a local
+    file (bzip2: indexed_bzip2's decoder), which must agree, or fail the same way."""
+    got, error = _outcome(lambda: _filled_from(io.BytesIO(raw), path, batch_bytes))
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "shard"
+        local.write_bytes(raw)
+        with open(local, "rb", buffering=0) as fh:
+            got_file, error_file = _outcome(lambda: _filled_from(fh, path, batch_bytes))
+    if error is None or error_file is None:
+        assert (got, error) == (got_file, error_file), (error, error_file)
+        return got
+    kind = next(k for k in ERROR_KINDS if k in str(error))
+    assert kind in str(error_file) and path in str(error_file), (error, error_file)
+    raise error
 
 
 def both_ways(read_pieces, raw: bytes, path: str) -> bytes:
