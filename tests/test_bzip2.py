@@ -68,6 +68,18 @@ def test_local_file_decodes_through_indexed_bzip2_alone(tmp_path, data, multi):
     assert counted == len(multi)
 
 
+@pytest.mark.parametrize("tool", [["lbzip2", "-n2", "-c"], ["pbzip2", "-p2", "-c"],
+                                  ["bzip2", "-9", "-c"]], ids=["lbzip2", "pbzip2", "bzip2"])
+def test_other_compressors_files_need_no_second_reading(tmp_path, data, tool):
+    # the end checks must hold for what common compressors write: libbz2 reading a file
+    # again, after the fact, would double its time
+    path = tmp_path / "t.bz2"
+    path.write_bytes(compress(tool, data))
+    src, got, counted = read_batches(path)
+    assert type(src) is Bz2Fill and src.pieces is None
+    assert got == data and counted == path.stat().st_size
+
+
 @pytest.mark.parametrize("batch_bytes", [1 << 12, 1 << 16, 1 << 20])
 def test_batches_are_the_lines_whatever_their_size(tmp_path, data, batch_bytes):
     path = tmp_path / "one.bz2"
@@ -87,6 +99,21 @@ def test_anything_after_the_last_stream_fails_the_shard(tmp_path, multi, garbage
     with pytest.raises(CorruptShardError, match=kind) as exc:
         read_batches(path)
     assert exc.value.path == str(path)
+
+
+@pytest.mark.parametrize("between", [b"junk", b"\0", b"BXh9"], ids=["text", "zero",
+                                                                    "damaged-magic"])
+def test_anything_between_streams_fails_the_shard(tmp_path, data, between):
+    # the file then ends where a stream ends: only the bytes read show the decoder stopped
+    first = compress(["bzip2", "-1", "-c"], data[:50_000])
+    second = compress(["bzip2", "-1", "-c"], data[50_000:])
+    if between == b"BXh9":
+        second, between = between + second[4:], b""
+    path = tmp_path / "b.bz2"
+    path.write_bytes(first + between + second)
+    with pytest.raises(CorruptShardError, match="trailing garbage") as exc:
+        read_batches(path)
+    assert f"near compressed byte {len(first)}" in str(exc.value)
 
 
 def test_a_damaged_later_block_fails_after_the_good_ones(tmp_path, data):
@@ -166,3 +193,23 @@ def test_a_dask_worker_shares_its_process_when_it_has_threads(tmp_path, threads)
         cfg = IngestConfig(load_schema(COMMENTS), str(tmp_path / "out"),
                            cluster.scheduler_address)
         assert client.submit(shares_process, cfg).result() is (threads > 1)
+
+
+@pytest.mark.parametrize("after", [1, 4096, 65536, 1 << 20])
+def test_libbz2_taking_over_midway_goes_on_from_the_same_byte(tmp_path, multi, data, after):
+    # what a doubt in the middle does (randomised blocks after normal ones, say): libbz2
+    # decodes from the file's start and skips exactly what indexed_bzip2 gave
+    path = tmp_path / "m.bz2"
+    path.write_bytes(multi)
+    with open_shard(Shard(str(path))) as fh:
+        [src] = iter_chunks(fh, str(path), fill=True)
+        buf = bytearray(after)
+        got = bytearray()
+        while len(got) < after:
+            got += buf[:src.readinto(memoryview(buf)[:after - len(got)])]
+        src._close()
+        src._to_libbz2()
+        rest = bytearray(1 << 16)
+        while n := src.readinto(memoryview(rest)):
+            got += rest[:n]
+    assert bytes(got) == data
