@@ -63,7 +63,7 @@ chaos: setup
 test-quick: setup
 	$(BIN)/pytest -q -m "not slow"
 
-## Benchmarks (8 to 14 min; the first run builds 1.1 GB of data in bench/data/); writes bench/RESULTS.md
+## Benchmarks (10 to 16 min; the first run builds 1.1 GB of data in bench/data/); writes bench/RESULTS.md
 bench: setup
 	bash .ci/tools  # the compressors, ncat, socat and PostgreSQL it compares against (apt, as root)
 	$(BIN)/python -c "import polars" 2>/dev/null || $(BIN)/pip install --quiet -e '.[bench]'
