@@ -25,9 +25,8 @@ import os
 import stat
 
 from etl.errors import CorruptShardError
-from etl.shards import CODECS, _decode, _Fill, _Reader
+from etl.shards import BZIP2, _decode, _Fill, _Reader
 
-BZIP2 = CODECS[1]
 EOS_MAGIC = 0x177245385090  # the 48-bit end-of-stream marker, then a 32-bit CRC
 TAIL = 11                   # marker + CRC (10 bytes) + up to 7 padding bits
 

@@ -367,7 +367,7 @@ CODECS = (
           padding_align=4),
     Codec("zstd", 4, _is_zstd_frame, _zstd_member),
 )
-XZ, ZSTD = CODECS[2:]
+BZIP2, XZ, ZSTD = CODECS[1:]
 PLAIN = Codec("plain", 0, lambda b: True, None)
 DECODE_ERRORS = (zlib.error, isal_zlib.error, OSError, EOFError, lzma.LZMAError, ZstdError,
                  ValueError)
@@ -585,7 +585,7 @@ def iter_chunks(fh: BinaryIO, path: str, counter: list[int] | None = None,
                 counter[0] = reader.bytes_read
             yield source(head, reader, counter, lib)
             return
-    if fill and codec is CODECS[1] and not shared:
+    if fill and codec is BZIP2 and not shared:
         from etl import bzip2  # it builds on this module
 
         if bzip2.usable(fh, reader):

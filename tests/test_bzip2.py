@@ -159,11 +159,16 @@ def test_pipes_and_files_read_partway_go_through_libbz2(tmp_path, data):
 
 
 def test_stream_end_is_found_at_every_padding(data):
-    for n in range(0, 400, 7):  # stream ends at all 8 bit offsets
+    pads = set()
+    for n in range(0, 400, 7):
         raw = compress(["bzip2", "-c"], data[:n * 13])
         assert ends_with_stream_end(raw[-bzip2.TAIL:]), n
+        tail = int.from_bytes(raw[-bzip2.TAIL:], "big")
+        pads |= {pad for pad in range(8)
+                 if (tail >> (pad + 32)) & ((1 << 48) - 1) == bzip2.EOS_MAGIC}
         assert not ends_with_stream_end(raw[-bzip2.TAIL:] + b"\0")
         assert not ends_with_stream_end((raw + b"x")[-bzip2.TAIL:])
+    assert pads == set(range(8))  # streams ending at every bit of their last byte
     assert not ends_with_stream_end(b"BZh9")
     assert not ends_with_stream_end(b"")
 
