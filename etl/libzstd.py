@@ -63,8 +63,10 @@ class Libzstd:
 
 class Windows:
     """libzstd's allocator in a process that reads zstd: its small allocations from
-    malloc, and its big ones (the buffer behind a window, as big as the shard with
-    ``--long=31``) in a mapping of our own that outlives the decoder. The next frame or
+    malloc, and its big ones (the buffer behind a window: the window the frame declares,
+    or its content size when stated and smaller; with ``--long=31`` and no stated size,
+    2 GiB mapped, of which the pages the shard fills are touched) in a mapping of our
+    own that outlives the decoder. The next frame or
     shard takes it back, grown in place if it needs more, instead of faulting in a new
     one: 4 KiB at a time, that costs about 0.1 s of system time per 275 MB. From
     malloc, that reuse depended on where the heap had room (measured: sometimes two
