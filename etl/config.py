@@ -56,6 +56,10 @@ class IngestConfig:
                                   f"{s} has its own (start more dask workers there)")
             if self.workers < 1:
                 raise ConfigError(f"--workers {self.workers}: at least 1")
+            if s == "synchronous" and self.workers > 1:
+                raise ConfigError(f"--workers {self.workers} with the synchronous scheduler, "
+                                  "which runs one task at a time in this process: use "
+                                  "--scheduler processes (or threads), or --workers 1")
         if self.batch_bytes < 1024:
             raise ConfigError(f"batch size {self.batch_bytes} bytes is too small (min 1024)")
         if self.max_line_bytes is not None and self.max_line_bytes < self.batch_bytes + OUT_CHUNK:

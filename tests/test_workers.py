@@ -119,6 +119,10 @@ def test_workers_flag_sets_the_count_and_the_output_is_the_same(tmp_path, shards
     (["--workers", "2", "--scheduler", "tcp://127.0.0.1:9"], {},
      b"the Dask cluster at tcp://127.0.0.1:9 has its own"),
     ([], {"ETL_WORKERS": "two"}, b"invalid int value: 'two'"),
+    (["--workers", "3", "--scheduler", "synchronous"], {},
+     b"--workers 3 with the synchronous scheduler"),
+    (["--scheduler", "synchronous"], {"ETL_WORKERS": "2"},
+     b"--workers 2 with the synchronous scheduler"),
 ])
 def test_a_bad_worker_count_exits_2(tmp_path, shards, args, env, message):
     proc = run_etl("ingest", shards, "--schema", COMMENTS, "--out", tmp_path / "out", *args,
