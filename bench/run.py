@@ -107,15 +107,17 @@ def run_steps(steps: list[jobs.Step], repeat: int) -> list[Result]:
     """``repeat`` rounds over all ``steps`` (interleaved, so a noisy spell of the shared
     machine hits every tool alike); each step keeps its fastest run."""
     best: dict[int, Result] = {}
+    rounds: dict[int, list[float | None]] = {i: [] for i in range(len(steps))}
     for round_no in range(1, repeat + 1):
         for i, step in enumerate(steps):
             if step.skipped and i in best:
                 continue
             r = run_step(step)
             print(_progress_line(r, f"{round_no}/{repeat}"), flush=True)
+            rounds[i].append(r.seconds)
             if i not in best or _faster(r, best[i]):
                 best[i] = r
-    return [best[i] for i in range(len(steps))]
+    return [replace(best[i], rounds=tuple(rounds[i])) for i in range(len(steps))]
 
 
 def _faster(new: Result, old: Result) -> bool:

@@ -281,3 +281,37 @@ def test_big_shard_steps_run_each_file_in_parts_and_as_one_stream(tmp_path):
     fast, slow = Result(steps[0], seconds=2.0), Result(steps[1], seconds=5.0)
     text = "\n".join(report.big_shard_lines([fast, slow]))
     assert "in parts 2.50× the speed of one stream" in text and "one zst file of 4 frames" in text
+
+
+def test_targets_show_each_rounds_own_ratio_beside_the_verdicts():
+    """The verdict is fastest against fastest; each round's ratio (etl against its reference
+    of the same round) follows it, so a verdict near its target shows the spread it hides."""
+    def timed(codec, tool, kind, rounds):
+        return replace(_result(codec, tool, kind, min(r for r in rounds if r)), rounds=rounds)
+
+    results = [timed("zst-long", "etl", "etl", (2.0, 1.6, 1.8)),
+               timed("zst-long", "duckdb (pipe)", "engine", (3.0, 3.3, 2.9)),
+               timed("xz", "decompress, 1 core", "limit1", (8.0, 8.0)),
+               timed("xz", "decompress, 2 cores", "limit2", (5.0, 4.0)),
+               timed("xz", "etl", "etl", (4.0, None)),
+               timed("load", "etl load", "load", (1.25, 1.5)),
+               timed("load", "ctas", "load", (1.0, 1.0))]
+    assert report.round_ratios(results, "zst-long") == pytest.approx([1.5, 3.3 / 1.6, 2.9 / 1.8])
+    assert report.round_ratios(results, "xz") == [pytest.approx(5.0 / 4.0), None]
+    text = "\n".join(report.target_lines(results, ("zst-long", "xz")))
+    assert ("| zst --long=31 (2 GiB window): etl ≥ 2.0× DuckDB through a pipe | 1.81× "
+            "(rounds: 1.50×, 2.06×, 1.61×) | **FAIL** |") in text
+    assert "| xz: etl ≥ 0.8× the 2-core decompression limit | 1.00× (rounds: 1.25×, —) |" in text
+    assert "| DuckDB load ≥ 0.8× CREATE TABLE AS | 0.80× (rounds: 0.80×, 0.67×) | PASS |" in text
+    one_round = [replace(r, rounds=r.rounds[:1]) for r in results]
+    assert "(rounds" not in "\n".join(report.target_lines(one_round, ("zst-long", "xz")))
+
+
+def test_run_steps_keeps_the_fastest_run_and_every_rounds_time():
+    from bench import run
+
+    steps = [jobs.Step("zst", "etl", "etl", argv=("true",)),
+             jobs.Step("zst", "duckdb", "engine", shell="sleep 0.01")]
+    for r in run.run_steps(steps, 3):
+        assert len(r.rounds) == 3 and all(t and t > 0 for t in r.rounds)
+        assert r.seconds == min(r.rounds)
