@@ -75,7 +75,11 @@ def ingest(inputs, schema, out, *, report=None, scheduler=None, batch_bytes=8 <<
 def open_dataset(out):
     """The ingested Parquet under ``out`` as a lazy, typed ``dask.dataframe.DataFrame``.
 
-    The Hive partition column (``<partition_by>_date``) comes back as a column.
+    The Hive partition column (``<partition_by>_date``) comes back as a column. Columns
+    keep pandas' nullable types (``Int64``, ``boolean``, ``Float64``, strings): an int
+    field with a missing value stays an exact integer with ``<NA>``, where NumPy's types
+    would turn the whole partition's column into float64 (inexact past 2**53) and
+    disagree with the dtype the frame announced.
     """
     import dask.dataframe as dd
 
@@ -85,4 +89,5 @@ def open_dataset(out):
     pattern = folder.join("*=*", "*.parquet")  # never _rejects/ nor _manifest/
     if not folder.glob(pattern):
         pattern = folder.join("*.parquet")
-    return dd.read_parquet(str(out).rstrip("/") + pattern[len(folder.root):])
+    return dd.read_parquet(str(out).rstrip("/") + pattern[len(folder.root):],
+                           dtype_backend="numpy_nullable")
