@@ -2,9 +2,9 @@
 
 Two paths give the same result, line for line (tests/test_parse.py compares them):
 
-- the scanner (``etl/_scan.c``), taken when the batch is valid UTF-8: one pass in C
-  proves each line is one JSON object, finds the top-level keys the schema reads,
-  decides a simple string filter on raw bytes, and copies only the kept rows' raw
+- the scanner (``etl/_scan.c``): one pass in C proves each line is one JSON object
+  of well-formed UTF-8, finds the top-level keys the schema reads, decides a simple
+  string filter on raw bytes, and copies only the kept rows' raw
   values out: keys read only as top-level strings as Arrow string columns, the
   others as one JSON array per key that orjson reads in one call. No Python object
   is made for a line the filter drops. Lines the scanner is not certain about
@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 
 from etl import _scan, coerce
 from etl.columns import clean_column, convert_column, filter_mask
-from etl.rows import Rows, batch_is_safe
+from etl.rows import Rows
 from etl.schema import Field, Schema
 from etl.shards import LineBatch
 
@@ -196,7 +196,7 @@ class Parser:
             return self._result(batch, self.arrow_schema.empty_table(),
                                 [(0, "too_long", why)], 0, 0)
         data = batch.joined()
-        if self.fast and self.plan.usable and batch_is_safe(data):
+        if self.fast and self.plan.usable:
             done = self._scan_batch(batch, data)
             if done is not None:
                 return done

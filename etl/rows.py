@@ -1,7 +1,7 @@
-"""Helpers of ``etl.parse`` for the two paths agreeing: the UTF-8 gate and msgspec's reading.
+"""Helpers of ``etl.parse`` for the two paths agreeing: msgspec's reading.
 
-- invalid UTF-8: the scanner (``etl/_scan.c``) does not check it, so a batch takes the
-  scanner only after Arrow's UTF-8 check of all of it (``batch_is_safe``);
+- invalid UTF-8: the scanner (``etl/_scan.c``) leaves a line with any to the orjson
+  path, which rejects it (``invalid_utf8``), as it would any other line;
 - integers beyond 64 bits: orjson reads them as doubles; the coercers read such ints
   as doubles too (``coerce.as_orjson_reads``), so every path gives the same values;
 - a number beyond double range (``1e999``) in a value the schema never reads: orjson
@@ -19,21 +19,9 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-import pyarrow as pa
 
 
 FAST_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
-
-
-def batch_is_safe(data: bytes) -> bool:
-    """True when ``data`` is valid UTF-8 (the scanner may then take the batch)."""
-    offsets = pa.array([0, len(data)], pa.int64()).buffers()[1]
-    try:  # Arrow's SIMD UTF-8 check, without a copy
-        pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(data)]) \
-            .validate(full=True)
-    except pa.ArrowInvalid:
-        return False
-    return True
 
 
 class Rows:

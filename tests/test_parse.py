@@ -742,27 +742,53 @@ def test_fast_path_equals_orjson_path(filters, extra):
         doc["fields"].update(extra)
     schema = schema_from_dict(doc)
     lines = _hostile_lines()
-    from etl.rows import batch_is_safe
-
+    assert any(not _is_utf8(line) for line in lines)
     fast, slow = Parser(schema), _orjson_only(schema)
-    safe = 0
+    sure = sure_beside_bad_utf8 = 0
     for size in (len(lines), 64, 7):  # whole, and batches that put hostile lines alone
         for lo in range(0, len(lines), size):
             batch = LineBatch(lines[lo:lo + size], lo + 1, 0)
-            safe += batch_is_safe(batch.joined())
+            decided = sum(st != 2 for st in fast.plan.scan(batch.joined())[0])
+            sure += decided
+            if not all(map(_is_utf8, batch.lines)):
+                sure_beside_bad_utf8 += decided
             a, b = _result_key(fast.parse_batch(batch)), _result_key(slow.parse_batch(batch))
             assert a[0].equals(b[0]), f"tables differ in lines {lo}..{lo + size}"
             assert a[1:] == b[1:], f"rejects or counts differ in lines {lo}..{lo + size}"
-    assert safe > 50  # the fast path really ran, on hostile lines too
+    assert sure > 300  # the scanner really decided lines, on hostile batches too
+    assert sure_beside_bad_utf8 > 50  # ... in batches holding invalid UTF-8 as well
 
 
-def test_fast_path_is_taken_on_clean_batches():
-    from etl.rows import batch_is_safe
+def _is_utf8(line: bytes) -> bool:
+    try:
+        line.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def test_invalid_utf8_leaves_the_rest_of_its_batch_to_the_scanner():
+    """A line of invalid UTF-8 is one unsure line: the scanner decides the others, and
+    the line is rejected as the orjson path rejects it (reason, message, line number)."""
     from etl.sample import iter_lines
 
-    lines = list(iter_lines(2000, seed=4))
-    assert batch_is_safe(b"\n".join(lines))
-    assert not batch_is_safe(b"\n".join(lines + [b'{"x":"\xff"}']))
+    schema = load_schema(COMMENTS_SCHEMA)
+    lines = list(iter_lines(2000, seed=4, bad_rate=0))
+    bad = [b'{"id":"z1","body":"caf\xe9"}', b'{"id":"z2","subreddit":"\xed\xa0\x80"}',
+           b'{"id":"z3","x":{"deep":"\xf4\x90\x80\x80"}}', b'{"id":"z4","\xc0\xaf":1}']
+    for i, line in zip((5, 700, 1500, 1999), bad):
+        lines.insert(i, line)
+    fast, slow = Parser(schema), _orjson_only(schema)
+    status = fast.plan.scan(b"\n".join(lines))[0]
+    assert [i for i, st in enumerate(status) if st == 2] == [5, 700, 1500, 1999]
+    batch = LineBatch(lines, 1, 0)
+    a, b = _result_key(fast.parse_batch(batch)), _result_key(slow.parse_batch(batch))
+    assert a[0].equals(b[0]) and a[1:] == b[1:]
+    result = fast.parse_batch(LineBatch(lines, 1, 0))
+    assert [(r.line_no, r.reason, r.raw) for r in result.rejects] == \
+        [(i + 1, "invalid_utf8", line) for i, line in zip((5, 700, 1500, 1999), bad)]
+    assert all("invalid UTF-8 at byte" in r.error for r in result.rejects)
+    assert result.table.num_rows == 2000
 
 
 def test_skipped_huge_numbers_follow_the_documented_rule():

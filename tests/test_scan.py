@@ -53,7 +53,8 @@ def _row_type(keys):
 
 def python_path_reads(line: bytes, keys):
     """What the orjson path makes of a line: orjson's dict, or (a number beyond double
-    range in a value never read: the documented rule) msgspec's needed keys; else None."""
+    range in a value never read: the documented rule) msgspec's needed keys, of a line
+    that is UTF-8 throughout (as ``etl.rows.Rows.decode_needed`` checks); else None."""
     try:
         return orjson.loads(line)
     except orjson.JSONDecodeError:
@@ -61,7 +62,8 @@ def python_path_reads(line: bytes, keys):
     row = _row_type(keys)
     try:
         got = msgspec.json.decode(line, type=row)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+        line.decode()
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
         return None
     return {k.decode(): getattr(got, f"k{i}") for i, k in enumerate(keys)
             if getattr(got, f"k{i}") is not None}
@@ -100,14 +102,12 @@ def suite_docs() -> list[tuple[str, bytes]]:
 def test_suite_documents_in_every_position():
     docs = suite_docs()
     assert len(docs) > 250
-    sure_valid = 0
+    sure_valid = invalid_utf8 = 0
     for name, doc in docs:
         lines = [doc, b'{"k":' + doc + b"}", b'{"other":' + doc + b',"k":1}',
                  b'{"k":[' + doc + b"]}", b'{"a":{"k":' + doc + b"}}"]
-        try:
-            lines[0].decode()
-        except UnicodeDecodeError:
-            continue  # a batch with invalid UTF-8 never reaches the scanner
+        if not _utf8(doc):
+            invalid_utf8 += 1
         status = check_sure_means_orjson_agrees(lines)
         assert check_sure_means_orjson_agrees(lines, strings=b"\1") == status  # Arrow strings
         if name.startswith("n_"):
@@ -115,6 +115,7 @@ def test_suite_documents_in_every_position():
         if name.startswith("y_") and status[1] != UNSURE:
             sure_valid += 1
     assert sure_valid > 70  # most valid documents are decided without the Python path
+    assert invalid_utf8 >= 10  # the suite's invalid UTF-8 cases went through the scanner too
 
 
 @pytest.mark.parametrize("line, status", [
@@ -151,7 +152,7 @@ def test_filter_on_raw_bytes():
 
 
 def _mutate(line: bytes, rng: random.Random) -> bytes:
-    alphabet = b'{}[]:,"\\ 0123456789.eE+-tfnulrsaxu\t\r/'
+    alphabet = b'{}[]:,"\\ 0123456789.eE+-tfnulrsaxu\t\r/\x80\xa0\xbf\xc3\xe2\xed\xf0\xf4\xff'
     b = bytearray(line)
     for _ in range(rng.randint(1, 3)):
         i = rng.randrange(len(b) + 1)
@@ -179,7 +180,7 @@ def test_random_mutations(seed):
     rng = random.Random(seed)
     base = [line for line in iter_lines(600, seed=seed, bad_rate=0.1)]
     lines = [_mutate(rng.choice(base), rng) for _ in range(6000)] + base
-    lines = [line for line in lines if _utf8(line)]  # the batch gate: UTF-8 checked first
+    assert sum(not _utf8(line) for line in lines) > 300  # invalid UTF-8 among the rest
     keys = (b"subreddit", b"id", b"created_utc", b"score", b"body", b"edited", b"gildings")
     names = {b"AskReddit", b"funny", b"news", b"pics"}
     for filter_key, strings in ((-1, b""), (0, b""), (-1, b"\1" * len(keys)),
@@ -187,6 +188,40 @@ def test_random_mutations(seed):
         status = check_sure_means_orjson_agrees(lines, keys, filter_key, tuple(names), False,
                                                 strings)
         assert status.count(UNSURE) > 500 and status.count(UNSURE) < len(lines) - 1000
+
+
+def _utf8_cases() -> list[bytes]:
+    """Every 1- and 2-byte sequence, and 3- and 4-byte ones over every lead byte with
+    continuation bytes at and around the edges of their ranges (overlong forms,
+    surrogates, past U+10FFFF, truncated sequences); never a quote, backslash or
+    control byte, which mean something else in a JSON string."""
+    edges = [0x41, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xFF]
+    cases = [bytes([a]) for a in range(0x20, 0x100)]
+    cases += [bytes([a, b]) for a in range(0x80, 0x100) for b in range(0x20, 0x100)]
+    cases += [bytes([a, b, c]) for a in range(0xE0, 0x100) for b in edges for c in edges]
+    cases += [bytes([a, b, c, d]) for a in range(0xF0, 0x100) for b in edges
+              for c in (0x80, 0xBF, 0xC0) for d in (0x7F, 0x80, 0xBF, 0xC0)]
+    return [c for c in cases if not any(x in c for x in b'"\\')]
+
+
+@pytest.mark.parametrize("where", [b'{"k":"a%sb"}', b'{"x%s":1,"k":"x"}', b'{"k":["%s"]}',
+                                   b'{"o":{"k%s":1},"k":1}',
+                                   b'{"k":"%s________________________________"}',
+                                   b'{"k":"________________________________%s"}'])
+def test_strings_are_well_formed_utf8(where):
+    """The scanner is sure of a line only when all of it is UTF-8 (Python's strict
+    decoder decides), wherever the bytes sit: a value read, a key, a nested string, at a
+    16-byte boundary or not (its SIMD search), in a string column or a JSON array."""
+    cases = _utf8_cases()
+    assert len(cases) > 30000
+    lines = [where.replace(b"%s", c) for c in cases]
+    for strings in (b"", b"\1"):
+        status, _, kept = scan(lines, strings=strings)
+        for line, st in zip(lines, status):
+            assert (st == KEPT) == _utf8(line), line
+        want = [orjson.loads(line).get("k") for line in lines if _utf8(line)]
+        assert kept[0] == want
+    assert sum(map(_utf8, lines)) > 1000
 
 
 def test_memoryview_and_empty_input():
