@@ -26,6 +26,15 @@ def require_tool(name: str) -> str:
     return path
 
 
+def is_utf8(data: bytes) -> bool:
+    """Python's strict decoder accepts ``data`` (what etl calls UTF-8)."""
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def compress(tool_args: list[str], data: bytes) -> bytes:
     """Compress ``data`` with a real command-line compressor, e.g. ["xz", "-c"]."""
     require_tool(tool_args[0])

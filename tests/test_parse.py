@@ -14,6 +14,7 @@ import etl
 from etl.parse import BatchResult, Parser
 from etl.schema import Schema, load_schema, schema_from_dict
 from etl.shards import LineBatch, iter_line_batches
+from tests.conftest import is_utf8
 
 DATA = Path(__file__).resolve().parent / "data"
 SUITE = DATA / "jsontestsuite" / "test_parsing"
@@ -742,7 +743,7 @@ def test_fast_path_equals_orjson_path(filters, extra):
         doc["fields"].update(extra)
     schema = schema_from_dict(doc)
     lines = _hostile_lines()
-    assert any(not _is_utf8(line) for line in lines)
+    assert any(not is_utf8(line) for line in lines)
     fast, slow = Parser(schema), _orjson_only(schema)
     sure = sure_beside_bad_utf8 = 0
     for size in (len(lines), 64, 7):  # whole, and batches that put hostile lines alone
@@ -750,21 +751,13 @@ def test_fast_path_equals_orjson_path(filters, extra):
             batch = LineBatch(lines[lo:lo + size], lo + 1, 0)
             decided = sum(st != 2 for st in fast.plan.scan(batch.joined())[0])
             sure += decided
-            if not all(map(_is_utf8, batch.lines)):
+            if not all(map(is_utf8, batch.lines)):
                 sure_beside_bad_utf8 += decided
             a, b = _result_key(fast.parse_batch(batch)), _result_key(slow.parse_batch(batch))
             assert a[0].equals(b[0]), f"tables differ in lines {lo}..{lo + size}"
             assert a[1:] == b[1:], f"rejects or counts differ in lines {lo}..{lo + size}"
     assert sure > 300  # the scanner really decided lines, on hostile batches too
     assert sure_beside_bad_utf8 > 50  # ... in batches holding invalid UTF-8 as well
-
-
-def _is_utf8(line: bytes) -> bool:
-    try:
-        line.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def test_invalid_utf8_leaves_the_rest_of_its_batch_to_the_scanner():

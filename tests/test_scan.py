@@ -25,6 +25,7 @@ import pytest
 from etl import _scan
 from etl.parse import _ScanPlan
 from etl.sample import iter_lines
+from tests.conftest import is_utf8
 
 SUITE = Path(__file__).parent / "data" / "jsontestsuite" / "test_parsing"
 FILTERED, KEPT, UNSURE = 0, 1, 2
@@ -106,7 +107,7 @@ def test_suite_documents_in_every_position():
     for name, doc in docs:
         lines = [doc, b'{"k":' + doc + b"}", b'{"other":' + doc + b',"k":1}',
                  b'{"k":[' + doc + b"]}", b'{"a":{"k":' + doc + b"}}"]
-        if not _utf8(doc):
+        if not is_utf8(doc):
             invalid_utf8 += 1
         status = check_sure_means_orjson_agrees(lines)
         assert check_sure_means_orjson_agrees(lines, strings=b"\1") == status  # Arrow strings
@@ -166,21 +167,13 @@ def _mutate(line: bytes, rng: random.Random) -> bytes:
     return bytes(b)
 
 
-def _utf8(line: bytes) -> bool:
-    try:
-        line.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
 @pytest.mark.parametrize("seed", range(4))
 def test_random_mutations(seed):
     """Random edits of realistic lines: whatever the scanner is sure of, orjson agrees."""
     rng = random.Random(seed)
     base = [line for line in iter_lines(600, seed=seed, bad_rate=0.1)]
     lines = [_mutate(rng.choice(base), rng) for _ in range(6000)] + base
-    assert sum(not _utf8(line) for line in lines) > 300  # invalid UTF-8 among the rest
+    assert sum(not is_utf8(line) for line in lines) > 300  # invalid UTF-8 among the rest
     keys = (b"subreddit", b"id", b"created_utc", b"score", b"body", b"edited", b"gildings")
     names = {b"AskReddit", b"funny", b"news", b"pics"}
     for filter_key, strings in ((-1, b""), (0, b""), (-1, b"\1" * len(keys)),
@@ -218,10 +211,10 @@ def test_strings_are_well_formed_utf8(where):
     for strings in (b"", b"\1"):
         status, _, kept = scan(lines, strings=strings)
         for line, st in zip(lines, status):
-            assert (st == KEPT) == _utf8(line), line
-        want = [orjson.loads(line).get("k") for line in lines if _utf8(line)]
+            assert (st == KEPT) == is_utf8(line), line
+        want = [orjson.loads(line).get("k") for line in lines if is_utf8(line)]
         assert kept[0] == want
-    assert sum(map(_utf8, lines)) > 1000
+    assert sum(map(is_utf8, lines)) > 1000
 
 
 def test_memoryview_and_empty_input():
