@@ -217,6 +217,17 @@ def test_strings_are_well_formed_utf8(where):
     assert sum(map(is_utf8, lines)) > 1000
 
 
+def test_strings_near_the_batch_end_are_well_formed_utf8():
+    """The last 16 bytes of a batch take the scanner's byte-by-byte search: the same
+    verdicts there (each line scanned alone, so its string sits in those bytes)."""
+    cases = [c for c in _utf8_cases() if len(c) > 2 or c[0] in (0xC2, 0xDF, 0xE0, 0xED)]
+    assert len(cases) > 2000
+    for c in cases:
+        line = b'{"k":"' + c + b'"}'
+        status, _, _ = _scan.scan(line, (b"k",), -1, (), False)
+        assert (status[0] == KEPT) == is_utf8(line), line
+
+
 def test_memoryview_and_empty_input():
     data = b'{"k":1}\n{"k":2}'
     status, starts, arrays = _scan.scan(memoryview(data)[8:], (b"k",), -1, (), False)
