@@ -61,7 +61,11 @@ static int utf8_ok(ptr p, ptr end)
     while (p < end) {
         unsigned c = *p;
         if (c < 0x80) {
-            p++;
+            uint64_t w;
+            if (end - p >= 8 && (memcpy(&w, p, 8), !(w & 0x8080808080808080u)))
+                p += 8; /* 8 ASCII bytes at once */
+            else
+                p++;
             continue;
         }
         Py_ssize_t left = end - p;
