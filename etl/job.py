@@ -20,6 +20,7 @@ import os
 import time
 import traceback
 from collections import Counter
+from contextlib import closing
 from typing import TYPE_CHECKING
 
 from etl import manifest
@@ -27,7 +28,7 @@ from etl.manifest import COUNTS, PROGRESS_DIR
 from etl.config import IngestConfig
 from etl.errors import EtlError, ShardError
 from etl.shards import (Shard, fingerprint, iter_chunks, iter_line_batches, open_shard,
-                        stat_shard)
+                        read_ahead, stat_shard)
 from etl.split import Part, part_chunks
 
 if TYPE_CHECKING:
@@ -143,13 +144,15 @@ def _stream(shard: Shard, ident: str, part: int | None, chunks, counter: list[in
     reasons: Counter = Counter()
     progress = _Progress(cfg.out, ident, cfg.progress)
     try:
-        for batch in iter_line_batches(chunks, cfg.batch_bytes, cfg.max_line_bytes):
-            res = parser.parse_batch(batch)
-            writer.write(res.table)
-            rejects.write(res.rejects)
-            _add(rec, res, batch)
-            reasons.update(res.rejects_by_reason)
-            progress.update(counter[0], rec["lines"])
+        lines = read_ahead if cfg.read_ahead else iter_line_batches
+        with closing(lines(chunks, cfg.batch_bytes, cfg.max_line_bytes)) as batches:
+            for batch in batches:  # on an error, closing ends a read_ahead thread first
+                res = parser.parse_batch(batch)
+                writer.write(res.table)
+                rejects.write(res.rejects)
+                _add(rec, res, batch)
+                reasons.update(res.rejects_by_reason)
+                progress.update(counter[0], rec["lines"])
         writer.close()
         rejects.close()
     except Exception as exc:  # any failure fails this shard only, and publishes nothing

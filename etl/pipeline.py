@@ -30,8 +30,8 @@ from etl.job import (finish_parts, lost_record, prepare_parts, process_part, pro
 from etl.report import ProgressBar, build_report
 from etl.schema import Schema
 from etl.storage import Folder
-from etl.shards import (Shard, find_shards, iter_chunks, iter_line_batches, open_shard,
-                        zstd_window)
+from etl.shards import (READ_AHEAD_BYTES, Shard, find_shards, iter_chunks, iter_line_batches,
+                        open_shard, zstd_window)
 from etl.split import Part
 
 if TYPE_CHECKING:
@@ -140,6 +140,18 @@ def _plan(files: list[Shard], cfg: IngestConfig, records: list[dict]):
     return items, split_shards
 
 
+def reads_ahead(cfg: IngestConfig, tasks: int) -> bool:
+    """Whether each task reads its shard a batch ahead of its parsing, in a thread of its
+    own (``etl.shards.read_ahead``): only where a core would otherwise wait, that is on
+    local worker processes when there are fewer tasks than workers may run (one shard
+    that cannot split, on two cores), or in this process (``synchronous``) on a machine
+    of more than one core. With a task for every core, a second thread per task would
+    only take turns with the other tasks (and hold two more batches)."""
+    if cfg.scheduler == "processes":
+        return tasks < (cfg.workers or workers.usable_cores())
+    return cfg.scheduler == "synchronous" and (cfg.workers or workers.usable_cores()) > 1
+
+
 def _process(item: Shard | Part, cfg: IngestConfig) -> dict:
     return process_part(item, cfg) if isinstance(item, Part) else process_shard(item, cfg)
 
@@ -171,10 +183,12 @@ WINDOW_PEEKS = 64         # shard headers read for their zstd window, biggest sh
 
 
 def worker_bytes(batch_bytes: int) -> int:
-    """A worker's own peak memory, a zstd window aside: 300 MiB up to 32 MiB batches, then
-    4 batches more (one zst shard, synchronous, peak RSS: 176, 250, 355 and 452 MiB at
-    8, 32, 64 and 128 MiB batches)."""
-    return max(WORKER_BYTES, (150 << 20) + 4 * batch_bytes)
+    """A worker's own peak memory, a zstd window aside: 300 MiB, or 4 batches more when
+    they are big (one zst shard, synchronous, read in turn, peak RSS: 176, 250, 355 and
+    452 MiB at 8, 32, 64 and 128 MiB batches), and what reading ahead holds besides:
+    ``READ_AHEAD_BYTES`` (at least one batch) waiting, and one batch being read."""
+    ahead = max(READ_AHEAD_BYTES, batch_bytes) + batch_bytes
+    return max(WORKER_BYTES, (150 << 20) + 4 * batch_bytes + ahead)
 
 
 def fit_memory(files: list[Shard], cfg: IngestConfig, cores: int | None = None,
@@ -218,6 +232,7 @@ def run_ingest(inputs: list[str], cfg: IngestConfig) -> dict:
     cfg = fit_memory(files, cfg)
     total = sum(s.size or 0 for s in files)
     items, split_shards = _plan(files, cfg, records)
+    cfg = replace(cfg, read_ahead=reads_ahead(cfg, len(items)))
     bar = ProgressBar(cfg.out, total, cfg.progress)
     with bar, ThreadPoolExecutor(1) as pool:
         from_stdin = []

@@ -27,7 +27,7 @@ import re
 import stat
 import sys
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import BinaryIO, Callable, Iterator
 
@@ -38,6 +38,8 @@ from etl.errors import ConfigError, CorruptShardError, ShardError
 
 READ_SIZE = 1 << 20          # 1 MiB: compressed bytes per read
 OUT_CHUNK = 4 << 20          # 4 MiB: most decompressed bytes per decompress call
+READ_AHEAD_BYTES = 32 << 20  # 32 MiB: read ahead of the parsing at most (read_ahead), or
+                             # one batch if they are bigger
 BATCH_BYTES = 8 << 20        # 8 MiB: default uncompressed bytes per line batch
 MAX_LINE = 64 << 20          # 64 MiB: default longest line read whole (a longer one is
                              # rejected as too_long with its head; see iter_line_batches)
@@ -621,7 +623,7 @@ def _plain(head: bytes, reader: _Reader) -> Iterator[bytes]:
 # ---------------------------------------------------------------- lines
 
 def iter_line_batches(chunks: Iterator[bytes], batch_bytes: int = BATCH_BYTES,
-                      max_line: int | None = None) -> Iterator[LineBatch]:
+                      max_line: int | None = None, numbered: bool = True) -> Iterator[LineBatch]:
     """Cut decompressed pieces into batches of whole lines (LF ends a line).
 
     A last line without a newline counts. CR before LF stays on the line
@@ -632,14 +634,19 @@ def iter_line_batches(chunks: Iterator[bytes], batch_bytes: int = BATCH_BYTES,
     least ``batch_bytes + OUT_CHUNK`` (``IngestConfig`` sees to it): only a batch's first
     line can then be longer (the others lie within one batch and one piece). None:
     ``MAX_LINE``, or ``batch_bytes + OUT_CHUNK`` if that is more.
+
+    ``numbered`` False: each batch's ``first_line_no`` is left for the reader to set
+    (``read_ahead``): counting a batch's lines before the parser's scanner does would
+    split it into a list of lines.
     """
     max_line = max_line or max(MAX_LINE, batch_bytes + OUT_CHUNK)
+    lines_of = _lines_of if numbered else _unnumbered
     chunks = iter(chunks)
     pending: list[bytes] = []
     pending_len, line_no, offset = 0, 1, 0
     for chunk in chunks:
         if isinstance(chunk, _Fill):  # the only item, when there is one
-            yield from _filled_batches(chunk, batch_bytes, max_line)
+            yield from _filled_batches(chunk, batch_bytes, max_line, lines_of)
             return
         pending.append(chunk)
         pending_len += len(chunk)
@@ -663,7 +670,7 @@ def iter_line_batches(chunks: Iterator[bytes], batch_bytes: int = BATCH_BYTES,
             continue
         batch = LineBatch(None, line_no, offset, memoryview(data)[:cut])  # 8 MB not copied
         yield batch
-        line_no += batch.count
+        line_no += lines_of(batch)
         offset += cut + 1
         rest = data[cut + 1:]
         pending, pending_len = ([rest], len(rest)) if rest else ([], 0)
@@ -706,7 +713,16 @@ def _long_line(head: bytes | memoryview, length: int, line_no: int, offset: int)
     return batch
 
 
-def _filled_batches(src: _Fill, batch_bytes: int, max_line: int) -> Iterator[LineBatch]:
+def _lines_of(batch: LineBatch) -> int:
+    return batch.count
+
+
+def _unnumbered(batch: LineBatch) -> int:
+    return 0
+
+
+def _filled_batches(src: _Fill, batch_bytes: int, max_line: int,
+                    lines_of: Callable[[LineBatch], int] = _lines_of) -> Iterator[LineBatch]:
     """``iter_line_batches`` over a stream read (plain text) or decompressed (zstd)
     straight into each batch's own buffer.
 
@@ -750,6 +766,68 @@ def _filled_batches(src: _Fill, batch_bytes: int, max_line: int) -> Iterator[Lin
             continue
         batch = LineBatch(None, line_no, offset, view[:cut])
         yield batch
-        line_no += batch.count
+        line_no += lines_of(batch)
         offset += cut + 1
         rest = bytes(view[cut + 1:])
+
+
+# ---------------------------------------------------------------- reading ahead
+
+def read_ahead(chunks: Iterator[bytes], batch_bytes: int = BATCH_BYTES,
+               max_line: int | None = None) -> Iterator[LineBatch]:
+    """``iter_line_batches``, with the reading (decompression, the cut into lines) in a
+    thread of its own, ahead of the caller's parsing: for a shard that is the only work
+    of its core while another core waits (one shard that cannot split, on two cores).
+    libzstd, liblzma, zlib, Python's bz2 and the parser's scanner run without the GIL
+    (indexed_bzip2 holds it: there the two threads overlap less).
+
+    The same batches, errors and line numbers as ``iter_line_batches``: an error the
+    reading raised comes after the batches read before it. Each batch's line numbers
+    are set here, once the caller has parsed the batch before it (its scanner counted
+    the lines). Up to ``READ_AHEAD_BYTES`` of batches wait (4 of 8 MiB), and one more is
+    being read: with only one waiting, each thread often waited for the other, as the
+    reading's pace moves (a long-window zstd shard decodes at half speed while its
+    window's pages are first touched). When the caller stops early (closes this
+    generator), the reading stops after its current batch, and the thread has ended
+    when the close returns.
+    """
+    import queue
+    import threading
+
+    batches = iter_line_batches(chunks, batch_bytes, max_line, numbered=False)
+    handed: queue.Queue = queue.Queue(max(1, READ_AHEAD_BYTES // batch_bytes))
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            for batch in batches:
+                handed.put((batch, None))
+                if stop.is_set():
+                    return
+            handed.put((None, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, raised there
+            handed.put((None, exc))
+        finally:
+            batches.close()
+
+    reader = threading.Thread(target=read, name="etl-read-ahead", daemon=True)
+    reader.start()
+    line_no = 1
+    try:
+        while True:
+            batch, exc = handed.get()
+            if exc is not None:
+                raise exc
+            if batch is None:
+                return
+            batch = replace(batch, first_line_no=line_no)
+            yield batch
+            line_no += batch.count
+    finally:
+        stop.set()
+        while reader.is_alive():  # unblock its put; it sees stop before reading more
+            try:
+                handed.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        reader.join()

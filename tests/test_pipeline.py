@@ -91,6 +91,58 @@ def test_rejects_are_kept_byte_for_byte(tmp_path):
                                               "missing:id", "type:score"}
 
 
+@pytest.mark.parametrize("codec", ["zst", "gz", "bz2", "xz"])
+def test_reading_ahead_writes_what_reading_in_turn_does(tmp_path, codec):
+    """A shard read ahead of its parsing, in a thread of its own (``etl.shards.read_ahead``),
+    gives the same record, rows and rejects (reasons, line numbers, offsets, bytes) as
+    read batch after batch in turn; in batches of 16 KiB, so that there are many."""
+    from dataclasses import replace
+
+    from etl.config import IngestConfig
+    from etl.job import process_shard
+    from etl.schema import load_schema
+    from etl.shards import find_shards
+
+    shard = write_shard(tmp_path, f"s.{codec}", sample_bytes(4000, seed=3, bad_rate=0.1), codec)
+    cfg = IngestConfig(load_schema(COMMENTS), "", "synchronous", batch_bytes=1 << 14,
+                       progress=False)
+    got = []
+    for ahead in (False, True):
+        out = tmp_path / f"out-{ahead}"
+        rec = process_shard(find_shards([str(shard)])[0],
+                            replace(cfg, out=str(out), read_ahead=ahead))
+        rows = duckdb.sql(f"select * from read_parquet('{out}/*=*/*.parquet') order by id")
+        got.append(({k: v for k, v in rec.items() if k not in ("seconds", "files")},
+                    rows.fetchall(), pq.read_table(out / "_rejects").to_pylist()))
+    assert got[0] == got[1]
+    rec, rows, rejects = got[1]
+    assert rec["status"] == "ok" and rec["lines"] == 4000 and len(rows) == rec["rows_written"]
+    assert len(rejects) == rec["rows_rejected"] > 100
+
+
+@pytest.mark.parametrize("scheduler,workers,cores,tasks,wanted", [
+    ("processes", None, 2, 1, True),    # one shard that cannot split, two cores
+    ("processes", None, 2, 2, False),   # a task for every core
+    ("processes", None, 4, 3, True),
+    ("processes", 1, 2, 1, False),      # the user asked for one worker
+    ("processes", 3, 4, 2, True),
+    ("synchronous", None, 2, 5, True),  # tasks run in this process, one after another
+    ("synchronous", None, 1, 1, False),
+    ("threads", None, 2, 1, False),     # other tasks share the process
+    ("tcp://127.0.0.1:8786", None, 2, 1, False),
+])
+def test_tasks_read_ahead_only_where_a_core_would_wait(monkeypatch, scheduler, workers, cores,
+                                                       tasks, wanted):
+    from etl import pipeline
+    from etl.config import IngestConfig
+    from etl.schema import load_schema
+
+    monkeypatch.setattr(pipeline.workers, "usable_cores", lambda: cores)
+    cfg = IngestConfig(load_schema(COMMENTS), "out", scheduler, progress=False,
+                       workers=workers if scheduler == "processes" else None)
+    assert pipeline.reads_ahead(cfg, tasks) is wanted
+
+
 @pytest.mark.parametrize("codec", ["none", "gz"])
 def test_a_line_over_max_line_is_rejected_with_its_head(tmp_path, codec):
     """A line longer than --max-line-mb is a too_long reject that keeps its first 64 KiB

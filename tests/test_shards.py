@@ -36,6 +36,7 @@ from etl.shards import (
     iter_chunks,
     iter_line_batches,
     open_shard,
+    read_ahead,
 )
 from tests.conftest import DATA, ROOT, compress, require_tool
 
@@ -1135,3 +1136,86 @@ def test_bounded_memory_on_a_200_mb_stream(tmp_path, codec):
     assert biggest == OUT_CHUNK
     assert peak < 5 * OUT_CHUNK          # Python objects: a few pieces alive at once
     assert rss < total_size // 3         # whole process, decoder state included
+
+
+# ---------------------------------------------------------------- reading ahead
+
+def _read_both_ways(raw: bytes, codec: str, batch_bytes: int, max_line: int | None = None,
+                    source=None):
+    """(batches, error, compressed bytes counted) of ``iter_line_batches`` and of
+    ``read_ahead`` over the same stream read with ``fill=True``, from a trickling pipe
+    (or ``source()``, a file)."""
+    got = []
+    for lines in (iter_line_batches, read_ahead):
+        counter, batches, error = [0], [], None
+        with source() if source else Trickle(raw, 1000) as fh:
+            chunks = iter_chunks(fh, codec, counter, fill=True)
+            try:
+                for batch in lines(chunks, batch_bytes, max_line):
+                    batches.append(batch)
+            except CorruptShardError as exc:
+                error = str(exc)
+        got.append((seen(batches), error, counter[0]))
+    return got
+
+
+@pytest.mark.parametrize("batch_bytes", [1, 16, 1000])
+@pytest.mark.parametrize("codec", ["plain", "zstd", "xz", "gzip", "bzip2"])
+@pytest.mark.parametrize("name", ["empty", "no-final-newline", "crlf", "long-line", "small",
+                                  "test_comments.json"])
+def test_read_ahead_gives_the_batches_of_iter_line_batches(name, codec, batch_bytes):
+    """Read in a thread of its own, a stream gives the same lines, line numbers and
+    offsets as read in the caller's (numbered there, after each batch is parsed); on
+    the fill path (plain, zstd, xz) and the pieces path (gzip, bzip2)."""
+    data = LINE_CASES[name]
+    raw = pack(codec, data)
+    plain, ahead = _read_both_ways(raw, codec, batch_bytes)
+    assert plain == ahead
+    assert ahead[1] is None and ahead[2] == len(raw)
+    lines, offsets = expected_lines(data)
+    assert ahead[0] == [(i + 1, off, 0, ln) for i, (ln, off) in enumerate(zip(lines, offsets))]
+
+
+@pytest.mark.parametrize("codec", ["plain", "zstd", "xz"])
+def test_read_ahead_numbers_lines_over_the_limit_as_iter_line_batches(monkeypatch, tmp_path,
+                                                                      codec):
+    """Lines over the limit (batches of their own, read past) on the fill path."""
+    import etl.shards
+
+    monkeypatch.setattr(etl.shards, "KEPT_OF_TOO_LONG", 8)
+    path = tmp_path / "shard"
+    path.write_bytes(pack(codec, LIMITED))
+    plain, ahead = _read_both_ways(b"", codec, 16, 40, lambda: open(path, "rb", buffering=0))
+    assert plain == ahead
+    assert ahead[0] == limited(LIMITED, 40, 8) and ahead[2] == path.stat().st_size
+
+
+@pytest.mark.parametrize("codec", ["zstd", "xz", "gzip"])
+def test_read_ahead_raises_damage_after_the_batches_read_before_it(codec):
+    """A stream cut short fails in the caller's thread, with the same message, after
+    the same batches as when read there."""
+    data = b"".join(b'{"n":%d,"pad":"%s"}\n' % (i, b"x" * (i % 50)) for i in range(20_000))
+    raw = pack(codec, data)
+    plain, ahead = _read_both_ways(raw[:len(raw) // 2], codec, 4096)
+    assert plain == ahead
+    assert "truncated" in ahead[1] and len(ahead[0]) > 1000
+
+
+def test_read_ahead_stops_reading_when_the_caller_stops(monkeypatch):
+    """Closed after its first batch, the reading ends before the close returns, having
+    read no more than its few batches ahead; no thread is left behind."""
+    import etl.shards
+
+    monkeypatch.setattr(etl.shards, "READ_AHEAD_BYTES", 4 << 16)  # 4 batches wait
+    rng = random.Random(5)
+    data = b"".join(b'{"n":"%032x"}\n' % rng.getrandbits(128) for _ in range(200_000))
+    raw = pack("zstd", data)
+    assert len(raw) > 3 * READ_SIZE
+    counter = [0]
+    before = {t.ident for t in threading.enumerate()}
+    batches = read_ahead(iter_chunks(io.BytesIO(raw), "z", counter, fill=True), 1 << 16)
+    first = next(batches)
+    assert (first.first_line_no, first.first_offset) == (1, 0)
+    batches.close()
+    assert {t.ident for t in threading.enumerate()} == before
+    assert counter[0] <= 2 * READ_SIZE  # 6 batches of 64 KiB at most: 1 or 2 reads
