@@ -444,9 +444,9 @@ def notes_lines(results: list[Result], codecs: tuple[str, ...]) -> list[str]:
     if etl and mem and mem[0].mb_per_s:
         lines.append(f"- Cores: etl on 4 zst shards with the processes scheduler kept "
                      f"{_num(etl.cores, '{:.2f}')} cores busy and ran at {etl.mb_per_s:.0f} MB/s; "
-                     f"synchronous on one shard {mem[0].mb_per_s:.0f} MB/s: "
-                     f"{etl.mb_per_s / mem[0].mb_per_s:.2f}× one core (2 cores would give up "
-                     "to 2×).")
+                     f"synchronous on one shard {mem[0].mb_per_s:.0f} MB/s, "
+                     f"{_num(mem[0].cores, '{:.2f}')} cores busy (one task, its shard read "
+                     "ahead of its parsing in a second thread).")
     for codec in codecs:
         base = etl_of(results, codec)
         for r in results:

@@ -30,9 +30,9 @@ class IngestConfig:
         that keeps its first 64 KiB. None: 64 MiB, or the batch size plus 4 MiB if more.
     workers : local worker processes (``processes``) or threads (``threads``) at most.
         None: one per usable core (``etl.workers.usable_cores``).
-    read_ahead : each task reads (decompresses) its shard in a thread of its own, a
-        batch ahead of its parsing (``etl.shards.read_ahead``); the run sets it when it
-        has fewer tasks than cores (``etl.pipeline.reads_ahead``).
+    read_ahead : each task reads (decompresses) its shard in a thread of its own, up to
+        32 MiB ahead of its parsing (``etl.shards.read_ahead``); the run sets it where a
+        core would otherwise wait (``etl.pipeline.reads_ahead``).
     """
 
     schema: Schema

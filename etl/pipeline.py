@@ -141,12 +141,12 @@ def _plan(files: list[Shard], cfg: IngestConfig, records: list[dict]):
 
 
 def reads_ahead(cfg: IngestConfig, tasks: int) -> bool:
-    """Whether each task reads its shard a batch ahead of its parsing, in a thread of its
-    own (``etl.shards.read_ahead``): only where a core would otherwise wait, that is on
+    """Whether each task reads its shard ahead of its parsing, in a thread of its own
+    (``etl.shards.read_ahead``): only where a core would otherwise wait, that is on
     local worker processes when there are fewer tasks than workers may run (one shard
     that cannot split, on two cores), or in this process (``synchronous``) on a machine
     of more than one core. With a task for every core, a second thread per task would
-    only take turns with the other tasks (and hold two more batches)."""
+    only take turns with the other tasks (and hold more batches)."""
     if cfg.scheduler == "processes":
         return tasks < (cfg.workers or workers.usable_cores())
     return cfg.scheduler == "synchronous" and (cfg.workers or workers.usable_cores()) > 1
