@@ -144,8 +144,7 @@ def _stream(shard: Shard, ident: str, part: int | None, chunks, counter: list[in
     reasons: Counter = Counter()
     progress = _Progress(cfg.out, ident, cfg.progress)
     try:
-        lines = read_ahead if cfg.read_ahead else iter_line_batches
-        with closing(lines(chunks, cfg.batch_bytes, cfg.max_line_bytes)) as batches:
+        with closing(_batches(chunks, cfg)) as batches:
             for batch in batches:  # on an error, closing ends a read_ahead thread first
                 res = parser.parse_batch(batch)
                 writer.write(res.table)
@@ -164,6 +163,20 @@ def _stream(shard: Shard, ident: str, part: int | None, chunks, counter: list[in
     rec.update(bytes_in=counter[0], rejects_by_reason=dict(reasons),
                seconds=round(time.monotonic() - start, 3))
     return rec, writer, rejects
+
+
+def _batches(chunks, cfg: IngestConfig):
+    """The line batches of a task: read ahead of the parsing in a second thread when a
+    core would otherwise wait: from the start when the run says so (``cfg.read_ahead``:
+    fewer tasks than workers), or in a local worker once its run has fewer tasks left
+    than workers (``workers.a_core_waits``: the last task of an odd count of shards)."""
+    if cfg.read_ahead:
+        return read_ahead(chunks, cfg.batch_bytes, cfg.max_line_bytes)
+    if cfg.scheduler == "processes":
+        from etl.workers import a_core_waits
+
+        return read_ahead(chunks, cfg.batch_bytes, cfg.max_line_bytes, when=a_core_waits)
+    return iter_line_batches(chunks, cfg.batch_bytes, cfg.max_line_bytes)
 
 
 # ---------------------------------------------------------------- one shard in parts

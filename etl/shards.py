@@ -623,7 +623,8 @@ def _plain(head: bytes, reader: _Reader) -> Iterator[bytes]:
 # ---------------------------------------------------------------- lines
 
 def iter_line_batches(chunks: Iterator[bytes], batch_bytes: int = BATCH_BYTES,
-                      max_line: int | None = None, numbered: bool = True) -> Iterator[LineBatch]:
+                      max_line: int | None = None,
+                      numbering: Numbering | None = None) -> Iterator[LineBatch]:
     """Cut decompressed pieces into batches of whole lines (LF ends a line).
 
     A last line without a newline counts. CR before LF stays on the line
@@ -635,12 +636,12 @@ def iter_line_batches(chunks: Iterator[bytes], batch_bytes: int = BATCH_BYTES,
     line can then be longer (the others lie within one batch and one piece). None:
     ``MAX_LINE``, or ``batch_bytes + OUT_CHUNK`` if that is more.
 
-    ``numbered`` False: each batch's ``first_line_no`` is left for the reader to set
-    (``read_ahead``): counting a batch's lines before the parser's scanner does would
-    split it into a list of lines.
+    ``numbering`` (given and off): each batch's ``first_line_no`` is left for the reader
+    to set (``read_ahead``): counting a batch's lines before the parser's scanner does
+    would split it into a list of lines.
     """
     max_line = max_line or max(MAX_LINE, batch_bytes + OUT_CHUNK)
-    lines_of = _lines_of if numbered else _unnumbered
+    lines_of = (numbering or Numbering()).lines_of
     chunks = iter(chunks)
     pending: list[bytes] = []
     pending_len, line_no, offset = 0, 1, 0
@@ -713,16 +714,21 @@ def _long_line(head: bytes | memoryview, length: int, line_no: int, offset: int)
     return batch
 
 
-def _lines_of(batch: LineBatch) -> int:
-    return batch.count
+class Numbering:
+    """Whether ``iter_line_batches`` numbers its batches' lines (``on``), or leaves it to
+    its reader (``read_ahead``); it can be turned off between two batches."""
 
+    def __init__(self, on: bool = True):
+        self.on = on
 
-def _unnumbered(batch: LineBatch) -> int:
-    return 0
+    def lines_of(self, batch: LineBatch) -> int:
+        """The lines to count past ``batch``: none when the reader numbers them."""
+        return batch.count if self.on else 0
 
 
 def _filled_batches(src: _Fill, batch_bytes: int, max_line: int,
-                    lines_of: Callable[[LineBatch], int] = _lines_of) -> Iterator[LineBatch]:
+                    lines_of: Callable[[LineBatch], int] = Numbering().lines_of
+                    ) -> Iterator[LineBatch]:
     """``iter_line_batches`` over a stream read (plain text) or decompressed (zstd)
     straight into each batch's own buffer.
 
@@ -774,12 +780,15 @@ def _filled_batches(src: _Fill, batch_bytes: int, max_line: int,
 # ---------------------------------------------------------------- reading ahead
 
 def read_ahead(chunks: Iterator[bytes], batch_bytes: int = BATCH_BYTES,
-               max_line: int | None = None) -> Iterator[LineBatch]:
+               max_line: int | None = None,
+               when: Callable[[], bool] | None = None) -> Iterator[LineBatch]:
     """``iter_line_batches``, with the reading (decompression, the cut into lines) in a
     thread of its own, ahead of the caller's parsing: for a shard that is the only work
     of its core while another core waits (one shard that cannot split, on two cores).
     libzstd, liblzma, zlib, Python's bz2 and the parser's scanner run without the GIL
-    (indexed_bzip2 holds it: there the two threads overlap less).
+    (indexed_bzip2 holds it: there the two threads overlap less). ``when`` given: read
+    in turn at first, asking ``when()`` after each batch, and ahead once it says yes
+    (the last tasks of a run, once a worker has no task left).
 
     The same batches, errors and line numbers as ``iter_line_batches``: an error the
     reading raised comes after the batches read before it. Each batch's line numbers
@@ -791,10 +800,31 @@ def read_ahead(chunks: Iterator[bytes], batch_bytes: int = BATCH_BYTES,
     generator), the reading stops after its current batch, and the thread has ended
     when the close returns.
     """
+    numbering = Numbering(on=when is not None)
+    batches = iter_line_batches(chunks, batch_bytes, max_line, numbering)
+    line_no = 1
+    try:
+        if when is not None:
+            for batch in batches:
+                yield batch
+                line_no = batch.first_line_no + batch.count
+                if when():
+                    break
+            else:
+                return
+            numbering.on = False  # from the batch after this one, counted here
+    except BaseException:
+        batches.close()
+        raise
+    yield from _ahead(batches, line_no, batch_bytes)
+
+
+def _ahead(batches: Iterator[LineBatch], line_no: int,
+           batch_bytes: int) -> Iterator[LineBatch]:
+    """``batches`` (not numbered: theirs start at ``line_no``) read in a thread."""
     import queue
     import threading
 
-    batches = iter_line_batches(chunks, batch_bytes, max_line, numbered=False)
     handed: queue.Queue = queue.Queue(max(1, READ_AHEAD_BYTES // batch_bytes))
     stop = threading.Event()
 
@@ -812,7 +842,6 @@ def read_ahead(chunks: Iterator[bytes], batch_bytes: int = BATCH_BYTES,
 
     reader = threading.Thread(target=read, name="etl-read-ahead", daemon=True)
     reader.start()
-    line_no = 1
     try:
         while True:
             batch, exc = handed.get()

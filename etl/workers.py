@@ -231,11 +231,15 @@ def run_local(fn, items: list, arg, lost=None, started=None, workers: int | None
 
     start_early()  # started already, or this process forks them; else here, or spawn
     n = pool_size(workers, len(items))
-    pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context(context()),
-                               initializer=pool_worker_start)
+    ctx = multiprocessing.get_context(context())
+    unfinished = ctx.Value("i", len(items))  # a_core_waits in the workers reads it
+    pool = ProcessPoolExecutor(n, mp_context=ctx, initializer=pool_worker_start,
+                               initargs=(unfinished, n))
     broken = object()
     try:
         futures = [pool.submit(fn, item, arg) for item in items]  # the first starts them
+        for future in futures:
+            future.add_done_callback(lambda _, left=unfinished: _one_less(left))
         if started is not None:
             started()
         results = []
@@ -334,10 +338,29 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
-def pool_worker_start() -> None:
-    """Start-up of a local pool worker: ``worker_start``, and it ends with its parent."""
+def _one_less(unfinished) -> None:
+    with unfinished.get_lock():
+        unfinished.value -= 1
+
+
+_pool: tuple | None = None  # in a local pool worker: (its run's unfinished tasks, workers)
+
+
+def pool_worker_start(unfinished=None, size: int = 0) -> None:
+    """Start-up of a local pool worker: ``worker_start``, and it ends with its parent.
+    ``unfinished``: the count of its run's tasks not finished yet, kept by the parent
+    (``run_local``), of ``size`` workers, for ``a_core_waits``."""
+    global _pool
     die_with_parent()
     worker_start()
+    _pool = None if unfinished is None else (unfinished, size)
+
+
+def a_core_waits() -> bool:
+    """In a local pool worker: whether its run has fewer tasks left unfinished than
+    workers, so that a worker (a core) has nothing left to do; its task may then read
+    ahead in a second thread (``etl.shards.read_ahead``). False in any other process."""
+    return _pool is not None and _pool[0].value < _pool[1]
 
 
 def worker_start() -> None:

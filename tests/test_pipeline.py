@@ -923,6 +923,34 @@ def test_dictionaries_go_to_repetitive_columns_lists_included(tmp_path):
     assert pq.read_table(path).equals(table)
 
 
+def _core_waits(item, _arg):
+    """Task 0: whether a core waited when it started, and once tasks 1 and 2 (0.3 s
+    each, on the other worker) are done. The others: whether one waited at once."""
+    import time
+
+    from etl.workers import a_core_waits
+
+    if item > 0:
+        time.sleep(0.3 if item < 3 else 0)
+        return a_core_waits()
+    first, deadline = a_core_waits(), time.monotonic() + 60
+    while not a_core_waits() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return first, a_core_waits()
+
+
+def test_a_worker_learns_when_its_run_leaves_a_core_with_nothing_to_do():
+    """``a_core_waits``: in a pool worker, true once fewer tasks are left unfinished
+    than workers (then a task reads ahead: ``etl.job._batches``); never elsewhere."""
+    from etl import workers
+
+    assert workers.a_core_waits() is False  # not a pool worker
+    assert workers.run_local(_core_waits, [0, 1, 2], None, workers=2) == [(False, True),
+                                                                        False, False]
+    assert workers.run_local(_core_waits, [3], None, workers=1) == [False]
+    assert workers.run_local(_core_waits, [3], None, workers=2) == [False]  # one worker
+
+
 def _die_on_two(item, arg):
     if item == 2:
         os.kill(os.getpid(), 9)  # as the kernel's OOM killer would

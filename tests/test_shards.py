@@ -1140,13 +1140,43 @@ def test_bounded_memory_on_a_200_mb_stream(tmp_path, codec):
 
 # ---------------------------------------------------------------- reading ahead
 
+@pytest.fixture
+def split_where(monkeypatch):
+    """Whether each batch split into lines was split in the main thread: the reading
+    thread must not (the scanner counts the lines; splitting is only for who asks)."""
+    from functools import cached_property
+
+    from etl.shards import LineBatch
+
+    where, split = [], LineBatch.lines.func
+
+    def lines(batch):
+        where.append(threading.current_thread() is threading.main_thread())
+        return split(batch)
+
+    prop = cached_property(lines)
+    prop.__set_name__(LineBatch, "lines")
+    monkeypatch.setattr(LineBatch, "lines", prop)
+    return where
+
+
+def _switch_after(n: int):
+    """A ``read_ahead`` ``when`` that turns true after its ``n``-th call."""
+    calls = []
+
+    def when() -> bool:
+        calls.append(1)
+        return len(calls) >= n
+    return when
+
+
 def _read_both_ways(raw: bytes, codec: str, batch_bytes: int, max_line: int | None = None,
-                    source=None):
+                    source=None, when=None):
     """(batches, error, compressed bytes counted) of ``iter_line_batches`` and of
-    ``read_ahead`` over the same stream read with ``fill=True``, from a trickling pipe
-    (or ``source()``, a file)."""
+    ``read_ahead`` (given ``when``) over the same stream read with ``fill=True``, from a
+    trickling pipe (or ``source()``, a file)."""
     got = []
-    for lines in (iter_line_batches, read_ahead):
+    for lines in (iter_line_batches, lambda *args: read_ahead(*args, when=when)):
         counter, batches, error = [0], [], None
         with source() if source else Trickle(raw, 1000) as fh:
             chunks = iter_chunks(fh, codec, counter, fill=True)
@@ -1159,17 +1189,22 @@ def _read_both_ways(raw: bytes, codec: str, batch_bytes: int, max_line: int | No
     return got
 
 
+@pytest.mark.parametrize("switch", [None, 1, 3, 10**9])
 @pytest.mark.parametrize("batch_bytes", [1, 16, 1000])
 @pytest.mark.parametrize("codec", ["plain", "zstd", "xz", "gzip", "bzip2"])
 @pytest.mark.parametrize("name", ["empty", "no-final-newline", "crlf", "long-line", "small",
                                   "test_comments.json"])
-def test_read_ahead_gives_the_batches_of_iter_line_batches(name, codec, batch_bytes):
+def test_read_ahead_gives_the_batches_of_iter_line_batches(name, codec, batch_bytes, switch,
+                                                           split_where):
     """Read in a thread of its own, a stream gives the same lines, line numbers and
     offsets as read in the caller's (numbered there, after each batch is parsed); on
-    the fill path (plain, zstd, xz) and the pieces path (gzip, bzip2)."""
+    the fill path (plain, zstd, xz) and the pieces path (gzip, bzip2); read ahead from
+    the start, or in turn until the 1st or 3rd batch (or never) says to read ahead."""
     data = LINE_CASES[name]
     raw = pack(codec, data)
-    plain, ahead = _read_both_ways(raw, codec, batch_bytes)
+    when = None if switch is None else _switch_after(switch)
+    plain, ahead = _read_both_ways(raw, codec, batch_bytes, when=when)
+    assert all(split_where) and (split_where or not data)
     assert plain == ahead
     assert ahead[1] is None and ahead[2] == len(raw)
     lines, offsets = expected_lines(data)
@@ -1190,13 +1225,15 @@ def test_read_ahead_numbers_lines_over_the_limit_as_iter_line_batches(monkeypatc
     assert ahead[0] == limited(LIMITED, 40, 8) and ahead[2] == path.stat().st_size
 
 
+@pytest.mark.parametrize("switch", [None, 7])
 @pytest.mark.parametrize("codec", ["zstd", "xz", "gzip"])
-def test_read_ahead_raises_damage_after_the_batches_read_before_it(codec):
+def test_read_ahead_raises_damage_after_the_batches_read_before_it(codec, switch):
     """A stream cut short fails in the caller's thread, with the same message, after
     the same batches as when read there."""
     data = b"".join(b'{"n":%d,"pad":"%s"}\n' % (i, b"x" * (i % 50)) for i in range(20_000))
     raw = pack(codec, data)
-    plain, ahead = _read_both_ways(raw[:len(raw) // 2], codec, 4096)
+    when = None if switch is None else _switch_after(switch)
+    plain, ahead = _read_both_ways(raw[:len(raw) // 2], codec, 4096, when=when)
     assert plain == ahead
     assert "truncated" in ahead[1] and len(ahead[0]) > 1000
 
