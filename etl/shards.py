@@ -727,8 +727,7 @@ class Numbering:
 
 
 def _filled_batches(src: _Fill, batch_bytes: int, max_line: int,
-                    lines_of: Callable[[LineBatch], int] = Numbering().lines_of
-                    ) -> Iterator[LineBatch]:
+                    lines_of: Callable[[LineBatch], int]) -> Iterator[LineBatch]:
     """``iter_line_batches`` over a stream read (plain text) or decompressed (zstd)
     straight into each batch's own buffer.
 
@@ -785,10 +784,10 @@ def read_ahead(chunks: Iterator[bytes], batch_bytes: int = BATCH_BYTES,
     """``iter_line_batches``, with the reading (decompression, the cut into lines) in a
     thread of its own, ahead of the caller's parsing: for a shard that is the only work
     of its core while another core waits (one shard that cannot split, on two cores).
-    libzstd, liblzma, zlib, Python's bz2 and the parser's scanner run without the GIL
-    (indexed_bzip2 holds it: there the two threads overlap less). ``when`` given: read
-    in turn at first, asking ``when()`` after each batch, and ahead once it says yes
-    (the last tasks of a run, once a worker has no task left).
+    libzstd, liblzma, ISA-L's zlib (gzip), Python's bz2 and the parser's scanner run
+    without the GIL (indexed_bzip2 holds it: there the two threads overlap less).
+    ``when`` given: read in turn at first, asking ``when()`` after each batch, and ahead
+    once it says yes (the last tasks of a run, once a worker has no task left).
 
     The same batches, errors and line numbers as ``iter_line_batches``: an error the
     reading raised comes after the batches read before it. Each batch's line numbers
